@@ -78,13 +78,13 @@ typedef struct ddpm_sample_opts {
     int variance;         /* -1: model default; 0: fixed_small; 1: fixed_large (ddpm) */
     int clip_sample;      /* -1: model default; 0 or 1 */
     uint64_t seed;
-    int n;                       /* number of images */
-    int first_index;             /* index of the first image, for sharding: noise depends on it */
-    const float *init;           /* optional x_T (n, C, H, W); NULL: drawn from the seed */
-    const char *device;          /* "cpu", an index, a name substring, or NULL ($DDPM_DEVICE, else default) */
-    ddpm_progress_fn progress;   /* optional */
-    ddpm_log_fn log;             /* optional */
-    void *user;                  /* passed to progress and log */
+    int n;                     /* number of images */
+    int first_index;           /* index of the first image, for sharding: noise depends on it */
+    const float *init;         /* optional x_T (n, C, H, W); NULL: drawn from the seed */
+    const char *device;        /* "cpu", an index, a name substring, or NULL ($DDPM_DEVICE, else default) */
+    ddpm_progress_fn progress; /* optional */
+    ddpm_log_fn log;           /* optional */
+    void *user;                /* passed to progress and log */
 } ddpm_sample_opts;
 
 /* Fills opts with the defaults: ddpm, model's steps, eta 0, seed 0, n 1. */

@@ -19,7 +19,7 @@
 #define DDPM_COEF_B 6
 #define DDPM_COEF_C 7
 #define DDPM_COEF_SIGMA 8
-#define DDPM_COEF_T 9    /* the model timestep, as a float */
+#define DDPM_COEF_T 9     /* the model timestep, as a float */
 #define DDPM_COEF_CLIP 10 /* clip range, 0 = no clipping */
 #define DDPM_COEF_STRIDE 12
 

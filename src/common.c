@@ -30,7 +30,10 @@ const char *ddpm_result_string(ddpm_result r)
     return "unknown error";
 }
 
-const char *ddpm_last_error(void) { return last_error; }
+const char *ddpm_last_error(void)
+{
+    return last_error;
+}
 
 ddpm_result ddpm_fail(ddpm_result code, const char *fmt, ...)
 {
@@ -76,8 +79,7 @@ ddpm_result ddpm_read_file(const char *path, size_t max_bytes, uint8_t **data, s
     }
     if ((uint64_t)st.st_size > max_bytes) {
         fclose(f);
-        return ddpm_fail(DDPM_ERR_FORMAT, "%s: file too large (%lld bytes)", path,
-                         (long long)st.st_size);
+        return ddpm_fail(DDPM_ERR_FORMAT, "%s: file too large (%lld bytes)", path, (long long)st.st_size);
     }
     size_t n = (size_t)st.st_size;
     uint8_t *buf = malloc(n ? n : 1);

@@ -15,13 +15,13 @@ ddpm_result ddpm_fail(ddpm_result code, const char *fmt, ...)
     ;
 
 /* Evaluates a ddpm_result expression; on failure stores it in `res` and jumps to `cleanup`. */
-#define TRY(expr)                                                                                  \
-    do {                                                                                           \
-        ddpm_result try_r_ = (expr);                                                               \
-        if (try_r_ != DDPM_OK) {                                                                   \
-            res = try_r_;                                                                          \
-            goto cleanup;                                                                          \
-        }                                                                                          \
+#define TRY(expr)                                                                                            \
+    do {                                                                                                     \
+        ddpm_result try_r_ = (expr);                                                                         \
+        if (try_r_ != DDPM_OK) {                                                                             \
+            res = try_r_;                                                                                    \
+            goto cleanup;                                                                                    \
+        }                                                                                                    \
     } while (0)
 
 /* a * b into *out, returning 0 on overflow of int64. */

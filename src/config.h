@@ -13,9 +13,9 @@ typedef struct ddpm_unet_config {
     int levels;                    /* len(block_out_channels) */
     int block_out_channels[DDPM_MAX_LEVELS];
     int down_attn[DDPM_MAX_LEVELS]; /* down_block_types[i] == "AttnDownBlock2D" */
-    int up_attn[DDPM_MAX_LEVELS];   /* up_block_types[i] == "AttnUpBlock2D" (i = 0 is the lowest resolution) */
+    int up_attn[DDPM_MAX_LEVELS]; /* up_block_types[i] == "AttnUpBlock2D" (i = 0 is the lowest resolution) */
     int layers_per_block;
-    int mid_attn;                   /* add_attention (diffusers default true) */
+    int mid_attn; /* add_attention (diffusers default true) */
     int norm_num_groups;
     float norm_eps;
     int attention_head_dim; /* 0 (null in JSON): one head over all channels */
@@ -25,7 +25,13 @@ typedef struct ddpm_unet_config {
     float mid_block_scale_factor;
 } ddpm_unet_config;
 
-typedef enum { BETA_LINEAR, BETA_SCALED_LINEAR, BETA_SQUAREDCOS_CAP_V2, BETA_QUAD, BETA_SIGMOID } ddpm_beta_kind;
+typedef enum {
+    BETA_LINEAR,
+    BETA_SCALED_LINEAR,
+    BETA_SQUAREDCOS_CAP_V2,
+    BETA_QUAD,
+    BETA_SIGMOID
+} ddpm_beta_kind;
 typedef enum { PRED_EPSILON, PRED_SAMPLE, PRED_V } ddpm_prediction;
 typedef enum { VAR_FIXED_SMALL, VAR_FIXED_LARGE } ddpm_variance;
 

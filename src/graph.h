@@ -20,14 +20,14 @@
  *  UPSAMPLE    nearest x2
  *  CONCAT      out = [in0 ; in1] along channels
  */
-#define DDPM_OPS(X)                                                                                \
-    X(TIME_EMBED, "time_embed")                                                                    \
-    X(LINEAR, "linear")                                                                            \
-    X(SILU, "silu")                                                                                \
-    X(CONV2D, "conv2d")                                                                            \
-    X(GROUPNORM, "groupnorm")                                                                      \
-    X(ATTENTION, "attention")                                                                      \
-    X(UPSAMPLE, "upsample")                                                                        \
+#define DDPM_OPS(X)                                                                                          \
+    X(TIME_EMBED, "time_embed")                                                                              \
+    X(LINEAR, "linear")                                                                                      \
+    X(SILU, "silu")                                                                                          \
+    X(CONV2D, "conv2d")                                                                                      \
+    X(GROUPNORM, "groupnorm")                                                                                \
+    X(ATTENTION, "attention")                                                                                \
+    X(UPSAMPLE, "upsample")                                                                                  \
     X(CONCAT, "concat")
 
 typedef enum ddpm_op {
@@ -54,13 +54,13 @@ typedef struct ddpm_param {
 
 typedef struct ddpm_node {
     ddpm_op op;
-    int in[3];  /* value ids, -1 when unused */
-    int out;    /* value id (every node writes a fresh value) */
-    int w[2];   /* param ids: weight / gamma, bias / beta; -1 when unused */
-    int ip[6];  /* integer parameters, see DDPM_OPS */
+    int in[3]; /* value ids, -1 when unused */
+    int out;   /* value id (every node writes a fresh value) */
+    int w[2];  /* param ids: weight / gamma, bias / beta; -1 when unused */
+    int ip[6]; /* integer parameters, see DDPM_OPS */
     float fp[2];
     char name[DDPM_MAX_NAME]; /* module path, e.g. "down_blocks.0.resnets.1.conv1" */
-    int64_t flops;  /* per batch item, multiply-add = 2 */
+    int64_t flops;            /* per batch item, multiply-add = 2 */
 } ddpm_node;
 
 typedef struct ddpm_graph {
@@ -70,9 +70,9 @@ typedef struct ddpm_graph {
     int n_values;
     ddpm_param *params;
     int n_params;
-    int input;    /* value id of x (in_channels, S, S) */
-    int timestep; /* value id of t (1,1,1), float */
-    int output;   /* value id of the model output (out_channels, S, S) */
+    int input;         /* value id of x (in_channels, S, S) */
+    int timestep;      /* value id of t (1,1,1), float */
+    int output;        /* value id of the model output (out_channels, S, S) */
     int64_t n_weights; /* total parameter count */
     int64_t flops;     /* total per batch item */
 } ddpm_graph;
@@ -83,6 +83,9 @@ void graph_free(ddpm_graph *g);
 /* Index of the param with this name, or -1. */
 int graph_find_param(const ddpm_graph *g, const char *name);
 /* Elements of a value per batch item. */
-static inline int64_t value_numel(const ddpm_value *v) { return (int64_t)v->c * v->h * v->w; }
+static inline int64_t value_numel(const ddpm_value *v)
+{
+    return (int64_t)v->c * v->h * v->w;
+}
 
 #endif

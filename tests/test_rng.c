@@ -1,2 +1,5 @@
 #include "test_util.h"
-int main(void) { return test_summary("placeholder"); }
+int main(void)
+{
+    return test_summary("placeholder");
+}
