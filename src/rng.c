@@ -61,12 +61,21 @@ static inline void box_muller(uint32_t a, uint32_t b, float *n0, float *n1)
     *n1 = r * sinf(th);
 }
 
+void rng_normal4(uint32_t block, uint32_t image, uint32_t step, uint64_t seed, float out[4])
+{
+    const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+    const uint32_t ctr[4] = {block, image, step, 0u};
+    uint32_t w[4];
+    philox4x32_10(ctr, key, w);
+    box_muller(w[0], w[1], &out[0], &out[1]);
+    box_muller(w[2], w[3], &out[2], &out[3]);
+}
+
 void rng_normal_fill(float *out, int64_t per_image, int n_images, int first_image, uint32_t step,
                      uint64_t seed)
 {
     if (per_image <= 0 || n_images <= 0)
         return;
-    const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
     const int64_t blocks = (per_image + 3) / 4; /* Philox blocks per image; the last may be partial */
     const int64_t total = blocks * n_images;
 #ifdef _OPENMP
@@ -74,12 +83,8 @@ void rng_normal_fill(float *out, int64_t per_image, int n_images, int first_imag
 #endif
     for (int64_t j = 0; j < total; j++) {
         int64_t img = j / blocks, blk = j % blocks;
-        uint32_t ctr[4] = {(uint32_t)blk, (uint32_t)(first_image + img), step, 0u};
-        uint32_t w[4];
-        philox4x32_10(ctr, key, w);
         float z[4];
-        box_muller(w[0], w[1], &z[0], &z[1]);
-        box_muller(w[2], w[3], &z[2], &z[3]);
+        rng_normal4((uint32_t)blk, (uint32_t)(first_image + img), step, seed, z);
         float *dst = out + img * per_image + blk * 4;
         int64_t left = per_image - blk * 4;
         int cnt = left < 4 ? (int)left : 4;

@@ -16,4 +16,8 @@ float rng_uniform24(uint32_t x);
 void rng_normal_fill(float *out, int64_t per_image, int n_images, int first_image, uint32_t step,
                      uint64_t seed);
 
+/* The four normals of one Philox block (block, image, step, 0): elements 4 block .. 4 block + 3 of that
+ * image, exactly as rng_normal_fill computes them (for callers that must not allocate). */
+void rng_normal4(uint32_t block, uint32_t image, uint32_t step, uint64_t seed, float out[4]);
+
 #endif
