@@ -141,7 +141,8 @@ static ddpm_result parse_dict(cursor *c, int *ndim, int64_t *shape)
                 return r;
             have_shape = 1;
         } else {
-            return bad_header(c, "unknown or repeated key");
+            return ddpm_fail(DDPM_ERR_FORMAT, "%s: bad .npy header: unknown or repeated key '%s'", c->what,
+                             key);
         }
         if (accept(c, ','))
             continue;
