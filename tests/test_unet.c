@@ -206,6 +206,14 @@ static void test_big(const st_file *counts, const char *tag)
     printf("%s (%dx%d): %d nodes, %d params = %lld weights (torch %s), %.3f GFLOP per image\n", tag,
            c.sample_size, c.sample_size, g.n_nodes, g.n_params, (long long)g.n_weights, params ? params : "?",
            g.flops * 1e-9);
+    printf("  %s GFLOP per image by op:", tag);
+    for (int op = 0; op < OP_COUNT; op++) {
+        int64_t f = 0;
+        for (int i = 0; i < g.n_nodes; i++)
+            f += g.nodes[i].op == (ddpm_op)op ? g.nodes[i].flops : 0;
+        printf(" %s %.4f", ddpm_op_names[op], f * 1e-9);
+    }
+    printf("\n");
     graph_free(&g);
 }
 
