@@ -19,6 +19,7 @@ const char *const ddpm_op_names[OP_COUNT] = {
 #define MAX_SIZE 65536
 #define MAX_LAYERS 64
 #define MAX_VALUE_NUMEL ((int64_t)1 << 31)
+#define MAX_ATTENTION_POSITIONS ((int64_t)1 << 18) /* 512 x 512: keeps attention FLOPs in int64 */
 
 /* FLOP conventions (per batch item): a multiply-add is 2; an add, multiply or divide is 1; exp, sin,
  * cos and sqrt count 1 each. GroupNorm: 8 per element (mean 1, variance 3, normalize + affine 4),
@@ -41,11 +42,13 @@ typedef struct builder {
 } builder;
 
 /* Records a failure (message for ddpm_last_error, code for graph_build) and returns -1. */
+static int bfail(builder *b, ddpm_result code, const char *fmt, ...)
 #if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
+    __attribute__((format(printf, 3, 4)))
 #endif
-static int
-bfail(builder *b, ddpm_result code, const char *fmt, ...)
+    ;
+
+static int bfail(builder *b, ddpm_result code, const char *fmt, ...)
 {
     char msg[384];
     va_list ap;
@@ -299,6 +302,10 @@ static int attention(builder *b, const char *prefix, int x, float rescale_output
     int v = k < 0 ? -1 : proj1x1(b, NAME("to_v"), h, -1, 1.0f);
     if (v < 0)
         return -1;
+    if ((int64_t)in.h * in.w > MAX_ATTENTION_POSITIONS) {
+        bfail(b, DDPM_ERR_UNSUPPORTED, "%s: attention over %dx%d positions is too large", prefix, in.h, in.w);
+        return -1;
+    }
     /* the attention core has no module of its own: it is named after the Attention module */
     ddpm_node *n = new_node(b, OP_ATTENTION, prefix, q, k, v, in.c, in.h, in.w);
     if (!n)
@@ -510,8 +517,13 @@ static void build(builder *b)
     if (x < 0)
         return;
     g->output = x;
-    for (int i = 0; i < g->n_nodes; i++)
+    for (int i = 0; i < g->n_nodes; i++) { /* each node's count is < 2^56: the sum is checked */
+        if (g->flops > INT64_MAX - g->nodes[i].flops) {
+            bfail(b, DDPM_ERR_UNSUPPORTED, "the model's FLOP count overflows");
+            return;
+        }
         g->flops += g->nodes[i].flops;
+    }
 }
 
 ddpm_result graph_build(const ddpm_unet_config *c, ddpm_graph *g)

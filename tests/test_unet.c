@@ -275,6 +275,8 @@ static void test_bad_configs(void)
     REFUSED("freq_shift = half the width", c.freq_shift = 64.0f);
     REFUSED("activations beyond 2^31 elements", c.sample_size = 1 << 14);
     REFUSED("sample size 2^20", c.sample_size = 1 << 20);
+    REFUSED("attention over 1024x1024 positions",
+            (c.levels = 1, c.block_out_channels[0] = 32, c.sample_size = 1024));
 #undef REFUSED
 }
 
