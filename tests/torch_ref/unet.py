@@ -100,7 +100,8 @@ class Attention(nn.Module):
 
         q, k, v = split(self.to_q(h)), split(self.to_k(h)), split(self.to_v(h))
         scores = (q @ k.transpose(-1, -2)) * self.scale
-        p = scores.float().softmax(dim=-1).to(q.dtype)
+        # upcast_softmax: at least fp32 (the fixtures run in fp64 and stay there)
+        p = scores.to(torch.promote_types(scores.dtype, torch.float32)).softmax(dim=-1).to(q.dtype)
         o = (p @ v).permute(0, 2, 1, 3).reshape(B, H * W, -1)
         o = self.to_out[1](self.to_out[0](o))
         o = o.transpose(1, 2).reshape(B, C, H, W)
