@@ -359,6 +359,7 @@ expect_bad 2 "missing argument before an option" sample --model "$MODEL" $cpu --
 expect_bad 2 "unknown command" frobnicate
 expect_bad 2 "unknown option of devices" devices --all
 expect_bad 1 "--out into a missing directory" sample --model "$MODEL" $cpu --out "$bad/no/dir/grid.png"
+expect_bad 1 "--out is a directory" sample --model "$MODEL" $cpu --out "$bad"
 expect_bad 1 "--init: no such file" sample --model "$MODEL" $cpu --init "$tmp/no-such.npy" $out
 expect_bad 1 "--init: not an npy file" sample --model "$MODEL" $cpu --init "$MODEL" $out
 expect_bad 1 "--init: broken npy header" sample --model "$MODEL" $cpu --init "$tmp/garbage.npy" $out

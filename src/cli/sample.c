@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -63,10 +64,12 @@ static double now_seconds(void)
 }
 
 typedef struct progress_state {
-    int show;  /* draw the progress line (stderr is a terminal and not --quiet) */
-    int quiet; /* no log messages either */
-    int drawn; /* a progress line is on screen without its newline */
-    double t0;
+    int show;         /* draw the progress line (stderr is a terminal and not --quiet) */
+    int quiet;        /* no log messages either */
+    int drawn;        /* a progress line is on screen without its newline */
+    double t0;        /* ddpm_sample called */
+    double t1;        /* step 1 done: the rate is taken from here on, without the start-up cost */
+    double last_draw; /* redraw at most 10 times a second */
 } progress_state;
 
 static void format_duration(char *buf, size_t cap, double s)
@@ -82,10 +85,14 @@ static void format_duration(char *buf, size_t cap, double s)
 static int on_progress(void *user, int step, int steps)
 {
     progress_state *p = user;
-    if (p->show && step > 0) {
-        double dt = now_seconds() - p->t0;
-        double rate = dt > 0 ? step / dt : 0.0;
+    double now = now_seconds();
+    if (step == 1)
+        p->t1 = now;
+    if (p->show && step > 0 && (step == steps || step == 1 || now - p->last_draw >= 0.1)) {
+        double dt = step > 1 ? now - p->t1 : now - p->t0;
+        double rate = dt > 0 ? (step > 1 ? step - 1 : 1) / dt : 0.0;
         char eta[32] = "?";
+        p->last_draw = now;
         if (rate > 0)
             format_duration(eta, sizeof eta, (steps - step) / rate);
         fprintf(stderr, "\rstep %d/%d  %.1f it/s  ETA %s   ", step, steps, rate, eta);
@@ -250,9 +257,14 @@ static int check_writable(const char *opt, const char *path)
     }
     char *slash = strrchr(dir, '/');
     const char *d = slash ? (slash == dir ? "/" : (*slash = '\0', dir)) : ".";
+    struct stat st;
     int ok = access(d, W_OK | X_OK) == 0;
     if (!ok)
         cli_error("%s: cannot write into directory '%s': %s", opt, d, strerror(errno));
+    else if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        cli_error("%s: '%s' is a directory", opt, path);
+        ok = 0;
+    }
     free(dir);
     return ok;
 }
