@@ -128,7 +128,6 @@ static int parse_args(int argc, char **argv, sample_args *a, int *help)
     a->model = DDPM_DEFAULT_MODEL;
     a->out = "samples.png";
     const char *variance_opt = NULL;
-    int sampler_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i], *v;
         int k;
@@ -167,7 +166,6 @@ static int parse_args(int argc, char **argv, sample_args *a, int *help)
                 cli_error("--sampler: unknown sampler '%s' (ddpm or ddim)", v);
                 return CLI_USAGE;
             }
-            sampler_given = 1;
         } else if (VALUE("--steps", NULL)) {
             if (k < 0 || !cli_parse_int("--steps", v, 1, CLI_MAX_STEPS, &o->steps))
                 return CLI_USAGE;
@@ -227,7 +225,6 @@ static int parse_args(int argc, char **argv, sample_args *a, int *help)
         }
 #undef VALUE
     }
-    (void)sampler_given;
     if (a->eta_given && a->opts.sampler != DDPM_SAMPLER_DDIM) {
         cli_error("--eta: only applies to --sampler ddim");
         return CLI_USAGE;
