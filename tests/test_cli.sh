@@ -185,8 +185,9 @@ else
 fi
 
 run devices devices
-if [ "$rc" -eq 0 ] && [ -s "$tmp/devices.out" ]; then
-    pass "devices lists: $(head -n 1 "$tmp/devices.out")"
+ndev=$(grep -cE '^ *[0-9]+: ' "$tmp/devices.out")
+if [ "$rc" -eq 0 ] && [ "$ndev" -ge 1 ]; then
+    pass "devices lists $ndev device(s): $(grep -E '^ *[0-9]+: ' "$tmp/devices.out" | tr '\n' '|')"
 else
     fail "devices: exit $rc, no device listed ($(show "$tmp/devices.err"))"
 fi
@@ -215,6 +216,12 @@ EOF
     pass "Vulkan device 0 matches the CPU: $(show "$tmp/close.log")"
 else
     fail "Vulkan device 0 differs from the CPU: $(show "$tmp/close.log")"
+fi
+# With $DDPM_VALIDATION set (meson does) the Khronos layer watches the run: it must stay silent.
+if grep -qi 'validation' "$tmp/vk.out" "$tmp/vk.err" "$tmp/devices.out" "$tmp/devices.err"; then
+    fail "Vulkan validation messages: $(grep -hi 'validation' "$tmp/vk.out" "$tmp/vk.err" "$tmp/devices.out" "$tmp/devices.err" | head -n 1 | cut -c1-200)"
+else
+    pass "no Vulkan validation messages during devices and sampling (DDPM_VALIDATION=${DDPM_VALIDATION:-unset})"
 fi
 
 # ---- bad input ---------------------------------------------------------------------------------
