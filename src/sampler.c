@@ -251,9 +251,9 @@ static ddpm_result check_batch(const ddpm_model *m, const ddpm_sample_opts *o, i
         return ddpm_fail(DDPM_ERR_ARG, "number of images %d must be >= 1", o->n);
     if (o->first_index < 0)
         return ddpm_fail(DDPM_ERR_ARG, "first image index %d must be >= 0", o->first_index);
-    /* the image index is a 32-bit Philox counter word: every index must fit */
-    if ((int64_t)o->first_index + o->n - 1 > (int64_t)UINT32_MAX)
-        return ddpm_fail(DDPM_ERR_ARG, "image indices %d..%lld exceed 2^32 - 1", o->first_index,
+    /* image indices (a Philox counter word) are ints throughout: the last must not overflow */
+    if ((int64_t)o->first_index + o->n - 1 > (int64_t)INT32_MAX)
+        return ddpm_fail(DDPM_ERR_ARG, "image indices %d..%lld exceed 2^31 - 1", o->first_index,
                          (long long)o->first_index + o->n - 1);
     int64_t per, total;
     if (!ddpm_mul_ok((int64_t)c->in_channels * c->sample_size, c->sample_size, &per) ||

@@ -84,6 +84,9 @@ static void test_normal_layout(void)
             want[k * per + e] = (float)((lane % 2 == 0) ? r * cos(th) : r * sin(th));
         }
     test_close("normals vs the header's recipe (double)", z, want, per * n, 1e-5f, 1e-5f);
+    float b4[4];
+    rng_normal4(2, first + 1, step, seed, b4); /* elements 8..10 of image 1 (block 2 is partial) */
+    CHECK(memcmp(b4, z + per + 8, 3 * sizeof(float)) == 0, "rng_normal4 differs from rng_normal_fill");
     free(z);
 }
 
