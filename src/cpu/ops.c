@@ -146,29 +146,39 @@ void conv2d_forward_naive(float *out, const float *inp, const float *w, const fl
 typedef void (*conv_kernel_fn)(int K, const float *const *arow, const float *bp, float *acc);
 
 #if defined(__GNUC__) || defined(__clang__)
-typedef float v8f __attribute__((vector_size(32)));
+/* 128-bit vectors: the width every target has natively (wider generic vectors get spilled by GCC). */
+typedef float v4f __attribute__((vector_size(16)));
 
-/* Portable 6 x 8 kernel on GCC vector extensions: SSE2 on x86-64, NEON on arm64. */
+static inline v4f load4(const float *p)
+{
+    v4f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* Portable 6 x 8 kernel on GCC vector extensions (12 accumulators): SSE2 on x86-64, NEON on arm64. */
 static void conv_kernel_6x8(int K, const float *const *arow, const float *bp, float *acc)
 {
-    v8f c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0};
+    v4f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
+    v4f c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
     const float *a0 = arow[0], *a1 = arow[1], *a2 = arow[2], *a3 = arow[3], *a4 = arow[4], *a5 = arow[5];
     for (int k = 0; k < K; k++) {
-        v8f bv;
-        memcpy(&bv, bp + (size_t)k * 8, sizeof bv);
-        c0 += a0[k] * bv;
-        c1 += a1[k] * bv;
-        c2 += a2[k] * bv;
-        c3 += a3[k] * bv;
-        c4 += a4[k] * bv;
-        c5 += a5[k] * bv;
+        v4f b0 = load4(bp + (size_t)k * 8), b1 = load4(bp + (size_t)k * 8 + 4);
+        c00 += a0[k] * b0;
+        c01 += a0[k] * b1;
+        c10 += a1[k] * b0;
+        c11 += a1[k] * b1;
+        c20 += a2[k] * b0;
+        c21 += a2[k] * b1;
+        c30 += a3[k] * b0;
+        c31 += a3[k] * b1;
+        c40 += a4[k] * b0;
+        c41 += a4[k] * b1;
+        c50 += a5[k] * b0;
+        c51 += a5[k] * b1;
     }
-    memcpy(acc + 0, &c0, sizeof c0);
-    memcpy(acc + 8, &c1, sizeof c1);
-    memcpy(acc + 16, &c2, sizeof c2);
-    memcpy(acc + 24, &c3, sizeof c3);
-    memcpy(acc + 32, &c4, sizeof c4);
-    memcpy(acc + 40, &c5, sizeof c5);
+    const v4f c[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
+    memcpy(acc, c, sizeof c);
 }
 #else
 /* Plain C 6 x 8 kernel for compilers without vector extensions. */
