@@ -319,15 +319,18 @@ static void test_update_plans(void)
     }
 }
 
-/* (e) the whole backend on a tiny random model against the CPU backend: noise, CPU U-Net + GPU update
- * replayed per step, DDIM with noise, images 2..4 of a larger batch. */
-static void test_backend(const char *spec)
+/* (e) the whole backend on a tiny random model against the CPU backend: x_T from noise.comp (or an
+ * uploaded init), the CPU U-Net (in chunks of 16 images) + the GPU update replayed per step. Both
+ * run the same CPU U-Net, so the only differences are the update's and the noise's fp32 roundings,
+ * carried through a few steps. */
+static void test_backend(const char *spec, ddpm_sampler_kind kind, int steps, float eta, int n_images,
+                         int first_index, int with_init)
 {
     ddpm_result res = DDPM_OK;
     ddpm_model *m = NULL;
     backend *gpu = NULL, *cpu = NULL;
     sampler_plan plan = {0};
-    float *got = NULL, *want = NULL;
+    float *got = NULL, *want = NULL, *init = NULL;
     ddpm_unet_config uc;
     unet_config_default(&uc);
     uc.sample_size = 8;
@@ -345,37 +348,45 @@ static void test_backend(const char *spec)
     TRY(model_create_random(&uc, &sc, 11, 0.05f, &m));
     ddpm_sample_opts o;
     ddpm_sample_opts_default(&o);
-    o.sampler = DDPM_SAMPLER_DDIM;
-    o.steps = 4;
-    o.eta = 1;
-    o.n = 3;
-    o.first_index = 2;
+    o.sampler = kind;
+    o.steps = steps;
+    o.eta = eta;
+    o.n = n_images;
+    o.first_index = first_index;
     o.seed = 2024;
-    TRY(sampler_plan_make(&m->schedule, &o, &plan));
-    TRY(vk_backend_create(m, &plan, &o, spec, &gpu));
-    TRY(cpu_backend_create(m, &plan, &o, &cpu));
     size_t n = (size_t)o.n * uc.in_channels * uc.sample_size * uc.sample_size;
     got = malloc(n * 4);
     want = malloc(n * 4);
-    if (!got || !want) {
+    init = malloc(n * 4);
+    if (!got || !want || !init) {
         res = ddpm_fail(DDPM_ERR_NOMEM, "out of memory");
         goto cleanup;
     }
-    TRY(gpu->start(gpu, NULL));
-    TRY(cpu->start(cpu, NULL));
+    for (size_t e = 0; e < n; e++)
+        init[e] = test_rand();
+    TRY(sampler_plan_make(&m->schedule, &o, &plan));
+    TRY(vk_backend_create(m, &plan, &o, spec, &gpu));
+    TRY(cpu_backend_create(m, &plan, &o, &cpu));
+    TRY(gpu->start(gpu, with_init ? init : NULL));
+    TRY(cpu->start(cpu, with_init ? init : NULL));
     TRY(gpu->finish(gpu, got));
     TRY(cpu->finish(cpu, want));
-    test_close("backend x_T (noise.comp vs CPU)", got, want, (int64_t)n, 1e-5f, 1e-6f);
+    char what[200];
+    snprintf(what, sizeof what, "backend x_T (%s)", with_init ? "uploaded init" : "noise.comp vs CPU");
+    test_close(what, got, want, (int64_t)n, with_init ? 0 : 1e-5f, with_init ? 0 : 1e-6f);
     for (int i = 0; i < plan.n_steps; i++) {
         TRY(gpu->step(gpu, i));
         TRY(cpu->step(cpu, i));
     }
     TRY(gpu->finish(gpu, got));
     TRY(cpu->finish(cpu, want));
-    char what[160];
-    snprintf(what, sizeof what, "backend %s vs cpu: ddim eta 1, %d steps, 3 images from index 2", gpu->name,
-             plan.n_steps);
+    double moved = 0;
+    for (size_t e = 0; e < n; e++)
+        moved = fmax(moved, fabs(got[e] - (with_init ? init[e] : 0)));
+    snprintf(what, sizeof what, "backend %s vs cpu: %s eta %g, %d steps, %d images from index %d", gpu->name,
+             kind == DDPM_SAMPLER_DDPM ? "ddpm" : "ddim", eta, plan.n_steps, n_images, first_index);
     test_close(what, got, want, (int64_t)n, 1e-4f, 1e-4f);
+    CHECK(moved > 1e-3, "the steps changed x (max change %g)", moved);
 cleanup:
     CHECK(res == DDPM_OK, "vulkan backend: %s", ddpm_last_error());
     if (gpu)
@@ -386,6 +397,7 @@ cleanup:
     ddpm_model_free(m);
     free(got);
     free(want);
+    free(init);
 }
 
 int main(void)
@@ -445,7 +457,8 @@ int main(void)
     CHECK(vk_context_create("4000000000", &bad_ctx) == DDPM_ERR_NO_DEVICE,
           "device index out of range refused");
 
-    test_backend(spec);
+    test_backend(spec, DDPM_SAMPLER_DDIM, 4, 1.0f, 18, 2, 0); /* 18 images: two CPU U-Net chunks */
+    test_backend(spec, DDPM_SAMPLER_DDPM, 3, 0.0f, 2, 0, 1);
 
     /* After everything is destroyed: leaks are reported at device/instance destruction. */
     unsigned msgs = vk_validation_message_count();

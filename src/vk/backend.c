@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define VK_CPU_UNET_CHUNK 16 /* images per CPU U-Net call, as the CPU backend */
+
 /* Per step, the host writes the plan row index into `step_index` (a host-visible uint) and submits
  * `step_cmd`, recorded once: the update (and, in the next issue, the U-Net nodes) read their per-step
  * scalars from the coefficient table at that row. A push constant would have to be re-recorded, and
@@ -192,8 +194,13 @@ static ddpm_result unet_cpu(vk_backend *vb, int i)
     TRY(vk_buffer_download(&vb->ctx, &vb->x, 0, vb->host_x, bytes));
     for (int k = 0; k < vb->n_images; k++)
         vb->host_t[k] = (float)vb->plan->timesteps[i];
-    TRY(cpu_unet_forward(&vb->model->graph, (const float *const *)vb->model->weights, vb->n_images,
-                         vb->host_x, vb->host_t, vb->host_out));
+    /* In chunks of images: the activations of one call scale with its batch. */
+    for (int k0 = 0; k0 < vb->n_images; k0 += VK_CPU_UNET_CHUNK) {
+        int batch = vb->n_images - k0 < VK_CPU_UNET_CHUNK ? vb->n_images - k0 : VK_CPU_UNET_CHUNK;
+        size_t off = (size_t)k0 * (size_t)vb->per_image;
+        TRY(cpu_unet_forward(&vb->model->graph, (const float *const *)vb->model->weights, batch,
+                             vb->host_x + off, vb->host_t, vb->host_out + off));
+    }
     TRY(vk_buffer_upload(&vb->ctx, &vb->model_out, 0, vb->host_out, bytes));
 cleanup:
     return res;
