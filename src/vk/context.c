@@ -222,7 +222,10 @@ ddpm_result vk_instance_create(vk_instance *vi)
                         vk_result_name(r));
         goto cleanup;
     }
-    VK_TRY(r);
+    if (r < 0) {
+        res = vk_fail(r, "vkCreateInstance");
+        goto cleanup;
+    }
     if (vi->validation)
         VK_TRY(vkCreateDebugUtilsMessengerEXT(vi->instance, &dbg, NULL, &vi->messenger));
 
@@ -357,8 +360,10 @@ ddpm_result vk_enumerate_devices(const vk_instance *vi, vk_device_info **infos, 
     }
     *infos = out;
     VkResult r = vkEnumeratePhysicalDevices(vi->instance, &n, pds);
-    if (r != VK_INCOMPLETE) /* a device vanished in between: keep the first n */
-        VK_TRY(r);
+    if (r < 0) { /* VK_INCOMPLETE: a device vanished in between, keep the first n */
+        res = vk_fail(r, "vkEnumeratePhysicalDevices");
+        goto cleanup;
+    }
     for (uint32_t i = 0; i < n; i++)
         TRY(query_device(vi, pds[i], &out[i]));
     *count = n;
