@@ -139,8 +139,9 @@ void conv2d_forward_naive(float *out, const float *inp, const float *w, const fl
  * panels of NR columns (K x NR, contiguous) and runs a register-blocked MR x NR micro-kernel over
  * every panel for a group of output channels. Weights are read in place, MR rows at a time. */
 #define CONV_MR 6
-#define CONV_NC 64 /* output pixels per task: a multiple of every NR */
-#define CONV_MG 8  /* MR-row panels of output channels per task */
+#define CONV_NC 64                     /* most output pixels per task: a multiple of every NR */
+#define CONV_CHUNK_FLOATS (128 * 1024) /* a packed chunk stays within a 512 KiB share of L2 */
+#define CONV_MG 8                      /* MR-row panels of output channels per task */
 
 /* acc (MR x nr, row-major) = sum over k of a[r][k] * bp[k][:]; a rows are r0..r5 (stride lda). */
 typedef void (*conv_kernel_fn)(int K, const float *const *arow, const float *bp, float *acc);
@@ -303,14 +304,17 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
     int K = Ci * k * k, N = Ho * Wo;
     int nthreads = max_threads();
     /* One im2col chunk per thread, allocated up front so a failure can fall back before any work. */
-    size_t chunk_floats = (size_t)K * CONV_NC;
+    /* Pixels per chunk: CONV_NC, fewer (a multiple of nr) when K is so large the chunk would leave L2. */
+    int nc = CONV_CHUNK_FLOATS / (K > 0 ? K : 1) / nr * nr;
+    nc = nc < nr ? nr : nc > CONV_NC ? CONV_NC : nc;
+    size_t chunk_floats = (size_t)K * nc;
     float *scratch = malloc((size_t)nthreads * chunk_floats * sizeof(float));
     if (!scratch || K <= 0) {
         free(scratch);
         conv2d_forward_naive(out, inp, w, b, temb, res, scale, B, Ci, H, W, Co, k, stride, pt, pl, pb, pr);
         return;
     }
-    int n_chunks = (N + CONV_NC - 1) / CONV_NC;
+    int n_chunks = (N + nc - 1) / nc;
     int m_panels = (Co + CONV_MR - 1) / CONV_MR;
     int m_groups = (m_panels + CONV_MG - 1) / CONV_MG;
     int64_t n_tasks = (int64_t)B * n_chunks * m_groups;
@@ -320,7 +324,7 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
         int chunk = (int)(task / m_groups % n_chunks);
         int bi = (int)(task / m_groups / n_chunks);
         float *bpack = scratch + (size_t)thread_num() * chunk_floats;
-        int p0 = chunk * CONV_NC, np = N - p0 < CONV_NC ? N - p0 : CONV_NC;
+        int p0 = chunk * nc, np = N - p0 < nc ? N - p0 : nc;
         conv_pack_chunk(bpack, inp + (size_t)bi * Ci * H * W, Ci, H, W, Wo, k, stride, pt, pl, p0, np, nr);
         float acc[CONV_MR * 16];
         int mp_end = (mg + 1) * CONV_MG < m_panels ? (mg + 1) * CONV_MG : m_panels;
