@@ -78,7 +78,7 @@ void time_embed_forward(float *out, const float *t, int B, int C, float freq_shi
 void linear_forward(float *out, const float *inp, const float *w, const float *b, int B, int K, int M)
 {
     // out (B,M), inp (B,K), w (M,K), b (M) or NULL
-#pragma omp parallel for collapse(2) if ((int64_t)B * M * K > 65536)
+#pragma omp parallel for collapse(2) if ((int64_t)B * M * K > (1 << 20))
     for (int bi = 0; bi < B; bi++) {
         for (int m = 0; m < M; m++) {
             const float *x = inp + (size_t)bi * K;
@@ -418,7 +418,8 @@ void groupnorm_forward(float *out, const float *inp, const float *gamma, const f
         return;
     int cg = C / groups;
     int64_t n = (int64_t)cg * HW;
-#pragma omp parallel for collapse(2)
+    /* Small tensors stay on one thread: a parallel region costs more than the work. */
+#pragma omp parallel for collapse(2) if ((int64_t)B * C * HW > 32768)
     for (int bi = 0; bi < B; bi++) {
         for (int g = 0; g < groups; g++) {
             size_t base = ((size_t)bi * C + (size_t)g * cg) * HW;
@@ -491,7 +492,7 @@ void attention_forward(float *out, const float *q, const float *k, const float *
     int d = C / heads;
     float sc = 1.0f / sqrtf((float)d);
     int64_t rows = (int64_t)B * heads * HW;
-#pragma omp parallel
+#pragma omp parallel if (rows * HW * d > 32768)
     {
         /* One row of scores per thread: never the whole HW x HW matrix. */
         float *s = malloc((size_t)HW * sizeof(float));
@@ -548,7 +549,7 @@ void upsample_forward(float *out, const float *inp, int B, int C, int H, int W)
 {
     // out (B,C,2H,2W), inp (B,C,H,W): nearest neighbour, out[y][x] = inp[y/2][x/2]
     int64_t planes = (int64_t)B * C;
-#pragma omp parallel for if (planes * H * W > 16384)
+#pragma omp parallel for if (planes * H * W > (1 << 18))
     for (int64_t pc = 0; pc < planes; pc++) {
         const float *x = inp + (size_t)pc * H * W;
         float *o = out + (size_t)pc * 4 * H * W;
