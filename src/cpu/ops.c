@@ -149,7 +149,7 @@ void conv2d_forward_naive(float *out, const float *inp, const float *w, const fl
 }
 
 /* The fast path is an implicit GEMM: out(Co, Ho*Wo) = W(Co, K) X(K, Ho*Wo) with K = Ci*k*k, per batch
- * item. X is never materialised whole: each task packs an im2col chunk of CONV_NC output pixels into
+ * item. X is never materialised whole: each task packs an im2col chunk of up to CONV_NC output pixels into
  * panels of NR columns (K x NR, contiguous) and runs a register-blocked MR x NR micro-kernel over
  * every panel for a group of output channels. Weights are read in place, MR rows at a time. */
 #define CONV_MR 6
@@ -157,7 +157,7 @@ void conv2d_forward_naive(float *out, const float *inp, const float *w, const fl
 #define CONV_CHUNK_FLOATS (128 * 1024) /* a packed chunk stays within a 512 KiB share of L2 */
 #define CONV_MG 8                      /* MR-row panels of output channels per task */
 
-/* acc (MR x nr, row-major) = sum over k of a[r][k] * bp[k][:]; a rows are r0..r5 (stride lda). */
+/* acc (MR x nr, row-major) = sum over k of arow[r][k] * bp[k][:]: MR weight rows times one packed panel. */
 typedef void (*conv_kernel_fn)(int K, const float *const *arow, const float *bp, float *acc);
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -309,7 +309,9 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
                     int pt, int pl, int pb, int pr)
 {
     // out (B,Co,Ho,Wo), inp (B,Ci,H,W), w (Co,Ci,k,k), b (Co) or NULL, temb (B,Co) or NULL,
-    // res (B,Co,Ho,Wo) or NULL
+    // res (B,Co,Ho,Wo) or NULL (may be out itself); out must not overlap inp.
+    // Each output element's sum runs over k in the same order whatever B or the thread count, so an
+    // image's result does not depend on the batch it is in or on the number of threads.
     int Ho = (H + pt + pb - k) / stride + 1, Wo = (W + pl + pr - k) / stride + 1;
     if (Ho <= 0 || Wo <= 0 || B <= 0 || Co <= 0)
         return;
@@ -317,8 +319,8 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
     conv_kernel_fn kernel = conv_pick_kernel(&nr);
     int K = Ci * k * k, N = Ho * Wo;
     int nthreads = max_threads();
-    /* One im2col chunk per thread, allocated up front so a failure can fall back before any work. */
-    /* Pixels per chunk: CONV_NC, fewer (a multiple of nr) when K is so large the chunk would leave L2. */
+    /* Pixels per chunk: CONV_NC, fewer (a multiple of nr) when K is so large the chunk would leave L2.
+     * One chunk buffer per thread, allocated up front so a failure falls back before any work. */
     int nc = CONV_CHUNK_FLOATS / (K > 0 ? K : 1) / nr * nr;
     nc = nc < nr ? nr : nc > CONV_NC ? CONV_NC : nc;
     size_t chunk_floats = (size_t)K * nc;
