@@ -245,6 +245,9 @@ static ddpm_result read_enum(const char *what, const cJSON *obj, const char *key
 static ddpm_result require_string(const char *what, const cJSON *obj, const char *key, const char *only)
 {
     int dummy = 0;
+    if (cJSON_IsNull(get(obj, key)))
+        return ddpm_fail(DDPM_ERR_UNSUPPORTED, "%s: \"%s\" = null is not supported (only \"%s\")", what, key,
+                         only);
     return read_enum(what, obj, key, &only, 1, &dummy);
 }
 
