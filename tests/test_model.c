@@ -1169,6 +1169,43 @@ static void test_models(void)
     ddpm_model_free(m);
 }
 
+/* The U-Net fixtures written by tests/torch_ref/unet.py from torch state_dicts load, every file
+ * tensor is bound, and the weights are the file's values. */
+static void test_torch_fixtures(void)
+{
+    const char *names[] = {"unet_a.safetensors", "unet_b.safetensors", "unet_c.safetensors",
+                           "unet_d.safetensors"};
+    for (size_t k = 0; k < DDPM_ARRAY_LEN(names); k++) {
+        ddpm_model *m = NULL;
+        st_file f;
+        test_open_fixture(names[k], &f);
+        ddpm_result r = ddpm_model_load(test_fixture_path(names[k]), &m);
+        CHECK(r == DDPM_OK, "%s loads: %s", names[k], ddpm_last_error());
+        if (r == DDPM_OK) {
+            int64_t file_numel = 0;
+            for (int i = 0; i < f.n_tensors; i++)
+                file_numel += f.tensors[i].numel;
+            int same = f.n_tensors == m->graph.n_params;
+            for (int i = 0; same && i < m->graph.n_params; i++) {
+                const st_tensor *t = st_find(&f, m->graph.params[i].name);
+                float *want = t ? malloc((size_t)t->numel * sizeof(float)) : NULL;
+                same = want && t->numel == m->graph.params[i].numel;
+                if (same) {
+                    st_to_f32(t, want);
+                    same = memcmp(want, m->weights[i], (size_t)t->numel * sizeof(float)) == 0;
+                }
+                free(want);
+            }
+            CHECK(same && file_numel == m->graph.n_weights, "%s: %d tensors, %lld weights bound as stored",
+                  names[k], f.n_tensors, (long long)file_numel);
+            printf("%s %s: %d params, %lld weights\n", same ? "ok  " : "FAIL", names[k], m->graph.n_params,
+                   (long long)m->graph.n_weights);
+        }
+        ddpm_model_free(m);
+        st_close(&f);
+    }
+}
+
 /* Runs one part and prints its count of checks. */
 static void run(const char *name, void (*fn)(void))
 {
@@ -1192,6 +1229,7 @@ int main(void)
     run("mutations", test_mutations);
     run("config JSON", test_config);
     run("models", test_models);
+    run("torch fixtures", test_torch_fixtures);
     rmdir(tmp_dir);
     return test_summary("model");
 }
