@@ -4,6 +4,7 @@
 
 #include "torchfile.h"
 
+#include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -218,18 +219,87 @@ static ddpm_result locate(const char *in, const convert_opts *o, sources *src)
     return DDPM_OK;
 }
 
-/* A PyTorch zip starts with a local file header; anything else is read as safetensors. */
+/* Prefixes the last error message with a file name. */
+static ddpm_result fail_in(ddpm_result code, const char *what)
+{
+    char msg[768];
+    snprintf(msg, sizeof msg, "%s", ddpm_last_error());
+    return ddpm_fail(code, "%s: %s", what, msg);
+}
+
+/* PyTorch checkpoints (zip, or the legacy formats torch_open refuses by name) go to torch_open, the
+ * rest to the safetensors reader. */
 static ddpm_result open_weights(const char *path, st_file *f, int *is_torch)
 {
-    unsigned char magic[4] = {0};
+    uint8_t head[16] = {0};
     FILE *fp = fopen(path, "rb");
     if (!fp)
         return ddpm_fail(DDPM_ERR_IO, "%s: cannot open", path);
-    size_t got = fread(magic, 1, 4, fp);
+    size_t got = fread(head, 1, sizeof head, fp);
     fclose(fp);
-    *is_torch = got == 4 && memcmp(magic, "PK\x03\x04", 4) == 0;
+    *is_torch = torch_sniff(head, got);
     memset(f, 0, sizeof *f);
     return *is_torch ? torch_open(path, f) : st_open(path, f);
+}
+
+/* First components of U-Net keys in either naming: a state dict starts here. */
+static const char *const model_roots[] = {
+    "conv_in",   "conv_out",  "conv_norm_out", "time_embedding", "down_blocks",
+    "mid_block", "up_blocks", "temb",          "down",           "mid",
+    "up",        "norm_out"};
+
+static int first_component(const char *name, char *out, size_t n)
+{
+    const char *dot = strchr(name, '.');
+    size_t l = dot ? (size_t)(dot - name) : strlen(name);
+    if (l + 1 > n)
+        return 0;
+    memcpy(out, name, l);
+    out[l] = 0;
+    return 1;
+}
+
+/* A checkpoint may wrap the state dict ({"state_dict": ...}, {"ema": ...}, DataParallel's "module.",
+ * the DDIM code's [model, optimizer, epoch, step, ema] list): with `select`, keep that sub-dict; else
+ * strip a prefix shared by every key until the keys start like a U-Net's. Several candidates: refused
+ * with their names (choose with --select). */
+static ddpm_result select_state_dict(st_file *f, const char *select, const char *what)
+{
+    char first[64], other[64];
+    if (select) {
+        ddpm_result r = torch_select(f, select);
+        return r == DDPM_OK ? r : fail_in(r, what);
+    }
+    for (int round = 0; round < 4 && f->n_tensors > 0; round++) {
+        if (!first_component(f->tensors[0].name, first, sizeof first))
+            return DDPM_OK;
+        for (size_t k = 0; k < DDPM_ARRAY_LEN(model_roots); k++)
+            if (strcmp(first, model_roots[k]) == 0)
+                return DDPM_OK;
+        char seen[256] = "";
+        int shared = 1, n_seen = 0;
+        for (int i = 0; i < f->n_tensors; i++) {
+            if (!first_component(f->tensors[i].name, other, sizeof other) || strcmp(other, first) != 0)
+                shared = 0;
+            char quoted[72];
+            if (first_component(f->tensors[i].name, other, sizeof other) && n_seen < 8) {
+                snprintf(quoted, sizeof quoted, "\"%s\"", other);
+                if (!strstr(seen, quoted)) {
+                    size_t l = strlen(seen);
+                    snprintf(seen + l, sizeof seen - l, "%s%s", n_seen++ ? ", " : "", quoted);
+                }
+            }
+        }
+        if (!shared)
+            return ddpm_fail(DDPM_ERR_MODEL,
+                             "%s: the file holds several groups of tensors (%s): choose the state dict with "
+                             "--select (the DDIM code's checkpoints: 0 = the model, 4 = its EMA)",
+                             what, seen);
+        ddpm_result r = torch_select(f, first);
+        if (r != DDPM_OK)
+            return fail_in(r, what);
+    }
+    return DDPM_OK;
 }
 
 static ddpm_result read_text(const char *path, char **text)
@@ -248,14 +318,6 @@ static ddpm_result read_text(const char *path, char **text)
     t[size] = 0;
     *text = t;
     return DDPM_OK;
-}
-
-/* Prefixes the last error message with a file name. */
-static ddpm_result fail_in(ddpm_result code, const char *what)
-{
-    char msg[768];
-    snprintf(msg, sizeof msg, "%s", ddpm_last_error());
-    return ddpm_fail(code, "%s: %s", what, msg);
 }
 
 /* ---- the renamed view ------------------------------------------------------------------------- */
@@ -405,6 +467,18 @@ static ddpm_result read_texts(const sources *src, const st_file *f, texts *t, dd
         }
     }
     if (t->scheduler) {
+        /* a scheduler config names a *Scheduler class (DDPM, DDIM, PNDM share these fields); the JSON
+         * reader ignores unknown keys, so a model config given here would pass for the defaults */
+        cJSON *root = cJSON_Parse(t->scheduler);
+        const cJSON *cls = root ? cJSON_GetObjectItemCaseSensitive(root, "_class_name") : NULL;
+        size_t l = cJSON_IsString(cls) && cls->valuestring ? strlen(cls->valuestring) : 0;
+        int bad = l && (l < 9 || strcmp(cls->valuestring + l - 9, "Scheduler") != 0);
+        if (bad)
+            res = ddpm_fail(DDPM_ERR_MODEL, "%s: _class_name \"%.64s\" is not a scheduler", t->scheduler_from,
+                            cls->valuestring);
+        cJSON_Delete(root);
+        if (bad)
+            goto cleanup;
         ddpm_schedule_config s;
         schedule_config_default(&s);
         if ((res = schedule_config_from_json(t->scheduler, strlen(t->scheduler), &s)) != DDPM_OK ||
@@ -444,6 +518,12 @@ ddpm_result convert_load(const char *in, const convert_opts *o, ddpm_model **out
     TRY(locate(in, o, &src));
     TRY(open_weights(src.weights, &f, &is_torch));
     opened = 1;
+    if (is_torch)
+        TRY(select_state_dict(&f, o ? o->select : NULL, src.weights));
+    else if (o && o->select) {
+        res = ddpm_fail(DDPM_ERR_ARG, "%s: --select applies to PyTorch checkpoints only", src.weights);
+        goto cleanup;
+    }
     TRY(read_texts(&src, &f, &t, &c));
     if (!t.config) {
         res = ddpm_fail(DDPM_ERR_ARG,
@@ -540,6 +620,12 @@ ddpm_result convert_inspect(const char *in, const convert_opts *o, FILE *out)
     TRY(locate(in, o, &src));
     TRY(open_weights(src.weights, &f, &is_torch));
     opened = 1;
+    if (is_torch)
+        TRY(select_state_dict(&f, o ? o->select : NULL, src.weights));
+    else if (o && o->select) {
+        res = ddpm_fail(DDPM_ERR_ARG, "%s: --select applies to PyTorch checkpoints only", src.weights);
+        goto cleanup;
+    }
     TRY(read_texts(&src, &f, &t, &c));
     TRY(view_build(&f, t.config ? c.levels : 0, src.weights, &v));
 
@@ -547,6 +633,8 @@ ddpm_result convert_inspect(const char *in, const convert_opts *o, FILE *out)
             is_torch ? "PyTorch zip + pickle" : "safetensors", f.size);
     if (st_meta_get(&f, DDPM_META_CONFIG))
         fprintf(out, "format:     ddpm-vk native (config in __metadata__)\n");
+    if (st_meta_get(&f, "torch.skipped"))
+        fprintf(out, "skipped:    %.400s (not floating-point tensors)\n", st_meta_get(&f, "torch.skipped"));
     fprintf(out, "naming:     %s; %d of %d keys renamed\n", naming_of(&v), v.n_renamed, f.n_tensors);
     if (t.config) {
         fprintf(out, "config:     %s\n", t.config_from);

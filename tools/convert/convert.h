@@ -10,6 +10,7 @@
 typedef struct convert_opts {
     const char *config;    /* --config: a diffusers UNet2DModel config.json, or NULL */
     const char *scheduler; /* --scheduler: a scheduler_config.json, or NULL */
+    const char *select;    /* --select: the sub-dict of a PyTorch checkpoint to read ("4", "ema"), or NULL */
 } convert_opts;
 
 /* What convert_load found, for the user (paths point into static or caller-owned storage). */

@@ -13,7 +13,7 @@
 
 static const char usage[] =
     "usage: ddpm-convert IN OUT.safetensors [--config config.json] [--scheduler scheduler_config.json]\n"
-    "                    [--dtype f32|f16]\n"
+    "                    [--select KEY] [--dtype f32|f16]\n"
     "       ddpm-convert --inspect FILE [--config config.json] [--scheduler scheduler_config.json]\n"
     "\n"
     "Converts a DDPM U-Net to a ddpm-vk model file (safetensors, config and schedule in __metadata__).\n"
@@ -31,6 +31,10 @@ static const char usage[] =
     "  --scheduler FILE   a diffusers scheduler_config.json: beta schedule, num_train_timesteps,\n"
     "                     variance_type, clip_sample, prediction_type become the model's defaults\n"
     "                     (without one: the DDPM defaults, linear 1e-4 .. 0.02, T 1000, fixed_small, clip)\n"
+    "  --select KEY       the state dict inside a PyTorch checkpoint that holds several, e.g. \"4\" for the\n"
+    "                     EMA weights of the DDIM code's [model, optimizer, epoch, step, ema] files\n"
+    "                     (a prefix shared by every key, such as \"state_dict\" or \"module\", is\n"
+    "                     stripped without it)\n"
     "  --dtype f32|f16    output precision (default f32)\n"
     "  --inspect FILE     print config, schedule, tensor table, parameter count and an FNV-1a 64\n"
     "                     checksum of the stored tensor bytes; then whether the tensors fit the config\n";
@@ -76,8 +80,8 @@ int main(int argc, char **argv)
     const char *inspect = NULL, *dtype = "f32", *pos[2] = {0};
     int n_pos = 0;
     for (int i = 1; i < argc; i++) {
-        const char **slots[] = {&o.config, &o.scheduler, &dtype, &inspect};
-        const char *names[] = {"--config", "--scheduler", "--dtype", "--inspect"};
+        const char **slots[] = {&o.config, &o.scheduler, &o.select, &dtype, &inspect};
+        const char *names[] = {"--config", "--scheduler", "--select", "--dtype", "--inspect"};
         int matched = 0;
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             fputs(usage, stdout);
@@ -87,7 +91,7 @@ int main(int argc, char **argv)
             printf("ddpm-convert %s\n", DDPM_VERSION);
             return 0;
         }
-        for (int k = 0; k < 4 && !matched; k++) {
+        for (int k = 0; k < 5 && !matched; k++) {
             int r = value(argc, argv, &i, names[k], slots[k]);
             if (r < 0)
                 return 2;
