@@ -268,6 +268,31 @@ static void test_inspect(void)
     free(a);
     free(b);
 
+    /* wrapped state dicts: {"state_dict": {"module.<key>": ...}} is unwrapped; the DDIM code's
+     * [model, optimizer, epoch, step, ema] list needs --select, and 0 and 4 are different weights */
+    s = inspect_text(fx("convert/wrapped.pt"), NULL, &r);
+    CHECK(r == DDPM_OK && s && strstr(s, "under \"state_dict.module\"") && strstr(s, "\n  conv_in.weight "),
+          "inspect: {state_dict: {module.*}} unwrapped: %s", r == DDPM_OK ? "" : ddpm_last_error());
+    free(s);
+    s = inspect_text(fx("convert/ddim_list.ckpt"), NULL, &r);
+    CHECK(r == DDPM_ERR_MODEL && strstr(ddpm_last_error(), "--select") && strstr(ddpm_last_error(), "\"4\""),
+          "inspect: a [model, optimizer, epoch, step, ema] list asks for --select: %s", ddpm_last_error());
+    free(s);
+    convert_opts sel = {0};
+    sel.select = "0";
+    a = inspect_text(fx("convert/ddim_list.ckpt"), &sel, &r);
+    CHECK(r == DDPM_OK, "inspect --select 0: %s", ddpm_last_error());
+    sel.select = "4";
+    b = inspect_text(fx("convert/ddim_list.ckpt"), &sel, &r);
+    CHECK(r == DDPM_OK, "inspect --select 4: %s", ddpm_last_error());
+    if (a && b) {
+        const char *ca = strstr(a, "checksum:"), *cb = strstr(b, "checksum:");
+        CHECK(ca && cb && strncmp(ca, cb, 30) != 0 && strstr(b, "params:     6\n"),
+              "--select 0 and 4 read different weights (the model and its EMA)");
+    }
+    free(a);
+    free(b);
+
     /* with a config that does not fit: inspect succeeds and reports the failure */
     o.config = fx("convert/bad_shape_config.json");
     s = inspect_text(fx("convert/cifar_pipeline"), &o, &r);

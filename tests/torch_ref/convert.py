@@ -291,6 +291,14 @@ def make(outdir):
         pkl = [n for n in z.namelist() if n.endswith('data.pkl')][0]
         assert b'system' in z.read(pkl), 'evil pickle lacks the os.system global'
 
+    # wrappers around state dicts (tiny, for --inspect / --select): the DDIM code's
+    # [model, optimizer, epoch, step, ema] list and a {"state_dict": {"module.<key>": ...}} dict
+    w = {'conv_in.weight': torch.arange(6, dtype=torch.float32).reshape(2, 3, 1, 1)}
+    torch.save([w, {'state': {}, 'param_groups': [{'lr': 2e-4}]}, 7, 5000, {k: v + 1 for k, v in w.items()}],
+               os.path.join(d, 'ddim_list.ckpt'))
+    torch.save({'state_dict': {f'module.{k}': v for k, v in w.items()}, 'epoch': 3},
+               os.path.join(d, 'wrapped.pt'))
+
     stio.save(os.path.join(outdir, 'convert_io.safetensors'), io,
               {'layouts': json.dumps(sorted(k[4:] for k in io if k.startswith('out_')))})
     for k in sorted(io):

@@ -263,11 +263,14 @@ static int first_component(const char *name, char *out, size_t n)
  * the DDIM code's [model, optimizer, epoch, step, ema] list): with `select`, keep that sub-dict; else
  * strip a prefix shared by every key until the keys start like a U-Net's. Several candidates: refused
  * with their names (choose with --select). */
-static ddpm_result select_state_dict(st_file *f, const char *select, const char *what)
+static ddpm_result select_state_dict(st_file *f, const char *select, const char *what, char *picked,
+                                     size_t picked_n)
 {
     char first[64], other[64];
+    picked[0] = 0;
     if (select) {
         ddpm_result r = torch_select(f, select);
+        snprintf(picked, picked_n, "%s", select);
         return r == DDPM_OK ? r : fail_in(r, what);
     }
     for (int round = 0; round < 4 && f->n_tensors > 0; round++) {
@@ -298,6 +301,8 @@ static ddpm_result select_state_dict(st_file *f, const char *select, const char 
         ddpm_result r = torch_select(f, first);
         if (r != DDPM_OK)
             return fail_in(r, what);
+        size_t l = strlen(picked);
+        snprintf(picked + l, picked_n - l, "%s%s", l ? "." : "", first);
     }
     return DDPM_OK;
 }
@@ -513,13 +518,14 @@ ddpm_result convert_load(const char *in, const convert_opts *o, ddpm_model **out
     texts t = {0};
     view v = {0};
     int is_torch = 0, opened = 0;
+    char picked[256] = "";
     ddpm_unet_config c;
     *out = NULL;
     TRY(locate(in, o, &src));
     TRY(open_weights(src.weights, &f, &is_torch));
     opened = 1;
     if (is_torch)
-        TRY(select_state_dict(&f, o ? o->select : NULL, src.weights));
+        TRY(select_state_dict(&f, o ? o->select : NULL, src.weights, picked, sizeof picked));
     else if (o && o->select) {
         res = ddpm_fail(DDPM_ERR_ARG, "%s: --select applies to PyTorch checkpoints only", src.weights);
         goto cleanup;
@@ -540,6 +546,7 @@ ddpm_result convert_load(const char *in, const convert_opts *o, ddpm_model **out
         snprintf(report->config, sizeof report->config, "%s", t.config_from);
         snprintf(report->scheduler, sizeof report->scheduler, "%s", t.scheduler_from);
         report->naming = naming_of(&v);
+        snprintf(report->state_dict, sizeof report->state_dict, "%s", picked);
         report->n_tensors = f.n_tensors;
         report->n_renamed = v.n_renamed;
         for (int i = 0; i < f.n_tensors; i++)
@@ -616,12 +623,13 @@ ddpm_result convert_inspect(const char *in, const convert_opts *o, FILE *out)
     texts t = {0};
     view v = {0};
     int is_torch = 0, opened = 0;
+    char picked[256] = "";
     ddpm_unet_config c;
     TRY(locate(in, o, &src));
     TRY(open_weights(src.weights, &f, &is_torch));
     opened = 1;
     if (is_torch)
-        TRY(select_state_dict(&f, o ? o->select : NULL, src.weights));
+        TRY(select_state_dict(&f, o ? o->select : NULL, src.weights, picked, sizeof picked));
     else if (o && o->select) {
         res = ddpm_fail(DDPM_ERR_ARG, "%s: --select applies to PyTorch checkpoints only", src.weights);
         goto cleanup;
@@ -635,6 +643,8 @@ ddpm_result convert_inspect(const char *in, const convert_opts *o, FILE *out)
         fprintf(out, "format:     ddpm-vk native (config in __metadata__)\n");
     if (st_meta_get(&f, "torch.skipped"))
         fprintf(out, "skipped:    %.400s (not floating-point tensors)\n", st_meta_get(&f, "torch.skipped"));
+    if (picked[0])
+        fprintf(out, "state dict: the tensors under \"%s\"\n", picked);
     fprintf(out, "naming:     %s; %d of %d keys renamed\n", naming_of(&v), v.n_renamed, f.n_tensors);
     if (t.config) {
         fprintf(out, "config:     %s\n", t.config_from);

@@ -19,6 +19,7 @@ typedef struct convert_report {
     char config[1024];    /* where the config came from */
     char scheduler[1024]; /* where the schedule came from ("defaults ..." when nowhere) */
     const char *naming;   /* "diffusers", "diffusers (old attention names)", "original DDPM port" */
+    char state_dict[256]; /* the PyTorch sub-dict read ("state_dict.module", "4"), or "" */
     int n_tensors;
     int n_renamed; /* tensors whose key was mapped */
     int dtypes[3]; /* tensors per st_dtype in the input */

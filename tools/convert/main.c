@@ -156,7 +156,10 @@ int main(int argc, char **argv)
     for (int d = 0; d < 3; d++)
         if (rep.dtypes[d])
             printf(" %d %s", rep.dtypes[d], dtype_label((st_dtype)d));
-    printf(")\nnaming:     %s; %d keys renamed\n", rep.naming, rep.n_renamed);
+    printf(")\n");
+    if (rep.state_dict[0])
+        printf("state dict: the tensors under \"%s\"\n", rep.state_dict);
+    printf("naming:     %s; %d keys renamed\n", rep.naming, rep.n_renamed);
     printf("config:     %s\n", rep.config);
     printf("scheduler:  %s\n", rep.scheduler);
     printf("wrote:      %s (%s, %lld params in %d tensors)\n", pos[1], dtype_label(out_dtype),
