@@ -301,6 +301,52 @@ static void test_inspect(void)
     free(s);
 }
 
+/* ---- shipped configs ------------------------------------------------------------------------- */
+
+/* tools/convert/configs: the real configs, for the original port's files (which carry none): their
+ * graphs have torch's parameter counts of the full-size models (unet_counts.safetensors). */
+static void test_shipped_configs(void)
+{
+    static const char *const cases[][2] = {{"ddpm-cifar10-32.json", "cifar10.params"},
+                                           {"ddpm-256.json", "celebahq.params"}};
+    st_file counts;
+    test_open_fixture("unet_counts.safetensors", &counts);
+    for (size_t i = 0; i < DDPM_ARRAY_LEN(cases); i++) {
+        char path[600];
+        snprintf(path, sizeof path, "%s/../../tools/convert/configs/%s", getenv("DDPM_FIXTURES"),
+                 cases[i][0]);
+        uint8_t *text = NULL;
+        size_t n = 0;
+        ddpm_unet_config c;
+        ddpm_graph g;
+        unet_config_default(&c);
+        ddpm_result r = ddpm_read_file(path, 1 << 20, &text, &n);
+        r = r == DDPM_OK ? unet_config_from_json((const char *)text, n, &c) : r;
+        r = r == DDPM_OK ? graph_build(&c, &g) : r;
+        CHECK(r == DDPM_OK, "%s: %s", cases[i][0], ddpm_last_error());
+        free(text);
+        if (r != DDPM_OK)
+            continue;
+        const char *want = st_meta_get(&counts, cases[i][1]);
+        CHECK(want && g.n_weights == atoll(want), "configs/%s: %lld params, torch %s", cases[i][0],
+              (long long)g.n_weights, want ? want : "?");
+        graph_free(&g);
+    }
+    uint8_t *text = NULL;
+    size_t n = 0;
+    char path[600];
+    snprintf(path, sizeof path, "%s/../../tools/convert/configs/ddpm-scheduler.json",
+             getenv("DDPM_FIXTURES"));
+    ddpm_schedule_config s;
+    ddpm_result r = ddpm_read_file(path, 1 << 20, &text, &n);
+    r = r == DDPM_OK ? schedule_config_from_json((const char *)text, n, &s) : r;
+    CHECK(r == DDPM_OK, "configs/ddpm-scheduler.json: %s", ddpm_last_error());
+    if (r == DDPM_OK)
+        check_schedule("configs/ddpm-scheduler.json", &s, "ddpm");
+    free(text);
+    st_close(&counts);
+}
+
 /* ---- hostile inputs --------------------------------------------------------------------------- */
 
 /* convert_load must fail with code and a message containing every needle ("" skips). */
@@ -433,6 +479,7 @@ int main(void)
     st_close(&io);
     test_mapping();
     test_inspect();
+    test_shipped_configs();
     test_hostile();
     static const char *const left[] = {"missing.safetensors", "unknown.safetensors", "twice.safetensors",
                                        "cut.bin"};
