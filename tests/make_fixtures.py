@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 # make_fixtures.py: regenerates every reference fixture in tests/fixtures with PyTorch (Debian's
 # python3-torch): ops, U-Net forwards, schedules and sampler steps. CI only reads the committed output.
-#   /usr/bin/python3 tests/make_fixtures.py [ops|unet|sched|convert ...]
+#   /usr/bin/python3 tests/make_fixtures.py [ops|unet|sched|convert|torchfiles ...]
 import os
 import sys
 
@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.join(here, 'torch_ref'))
 
 import torch  # noqa: E402
 
-PARTS = ['ops', 'unet', 'sched', 'convert']
+PARTS = ['ops', 'unet', 'sched', 'convert', 'torchfiles']
 
 
 def main():

@@ -12,7 +12,9 @@
 #define TF_MAX_VISITS (1u << 22)   /* values walked while naming tensors (shared sub-trees count again) */
 #define ZIP_MAX_ENTRIES (1u << 20) /* entries in the central directory */
 #define ZIP_MAX_NAME 1024          /* bytes of an entry name */
-#define PK_MAX_STACK (1u << 20)    /* pickle stack entries */
+#define PK_MAX_STACK (1u << 18)    /* pickle stack entries */
+#define PK_MAX_VALUES (1u << 22)   /* values built (64 bytes each) */
+#define PK_CHUNK 4096              /* values allocated at a time */
 #define PK_MAX_MARKS (1u << 16)    /* open MARKs */
 #define PK_MAX_SKIPPED_TEXT 2000   /* bytes of the "torch.skipped" list */
 #define PK_LEGACY_MAGIC_LEN 10     /* the legacy format's LONG1 magic number, bytes */
@@ -323,7 +325,7 @@ static ddpm_result zip_open(zip *z)
         return tf_fail(DDPM_ERR_NOMEM, z->what, "out of memory for %llu zip entries", (unsigned long long)n);
     uint64_t p = cd_off;
     for (uint64_t i = 0; i < n; i++) {
-        uint64_t len;
+        uint64_t len = 0;
         ddpm_result res = zip_central_entry(z, p, cd_off + cd_size - p, cd_off, &z->e[i], &len);
         if (res != DDPM_OK)
             return res;
@@ -373,17 +375,24 @@ static const char *const kind_names[] = {"None",  "bool", "int",  "int",    "flo
 typedef struct val val;
 struct val {
     vkind kind;
-    int64_t i;       /* bool, int; global: index into globals[] */
-    double d;        /* float */
-    const char *s;   /* str, bytes: into the pickle, not NUL-terminated */
-    size_t n;        /* str, bytes: length */
-    val **items;     /* tuple, list, dict */
-    size_t len, cap; /* items used / allocated */
-    zip_entry *st;   /* storage, tensor: the storage's zip entry */
-    int64_t offset;  /* tensor: storage offset in elements */
-    int ndim;        /* tensor */
-    int64_t shape[4];
-    int64_t numel;
+    int ndim; /* tensor */
+    union {
+        int64_t i; /* bool, int; global: index into callables[], or G_STORAGE_FIRST + storage type */
+        double d;  /* float */
+        struct {
+            const char *s; /* str, bytes: into the pickle, not NUL-terminated */
+            size_t n;
+        };
+        struct {
+            val **items; /* tuple, list, dict */
+            size_t len, cap;
+        };
+        struct {
+            zip_entry *st;         /* storage, tensor: the storage's zip entry */
+            int64_t offset, numel; /* tensor: in elements */
+            int64_t shape[4];
+        };
+    };
 };
 
 /* Globals the unpickler knows; anything else is refused by name. */
@@ -435,8 +444,10 @@ typedef struct pk {
     size_t n_marks, marks_cap;
     val **memo;
     size_t n_memo, memo_cap;
-    val **all; /* every value allocated, freed together */
-    size_t n_all, all_cap;
+    val **chunks; /* values are allocated PK_CHUNK at a time, freed together */
+    size_t n_chunks, chunks_cap, chunk_used, n_values;
+    val none, yes, no;   /* shared None, True, False */
+    ddpm_result new_err; /* why pk_new last failed (message recorded) */
 } pk;
 
 /* Grows *arr (elements of `size` bytes) to hold at least need; 0 on allocation failure. */
@@ -476,25 +487,42 @@ static ddpm_result pk_err(const pk *k, const char *fmt, ...)
     return ddpm_fail(DDPM_ERR_FORMAT, "%s: data.pkl byte %zu: %s", k->what, (size_t)(k->p - k->start), msg);
 }
 
+/* A new value, or NULL with the reason in k->new_err (a message recorded). */
 static val *pk_new(pk *k, vkind kind)
 {
-    if (!grow((void **)&k->all, &k->all_cap, k->n_all + 1, sizeof *k->all))
+    if (k->n_values >= PK_MAX_VALUES) {
+        k->new_err = pk_err(k, "the pickle builds more than %u values", PK_MAX_VALUES);
         return NULL;
-    val *v = calloc(1, sizeof *v);
-    if (v) {
-        v->kind = kind;
-        k->all[k->n_all++] = v;
     }
+    if (!k->n_chunks || k->chunk_used == PK_CHUNK) {
+        val *c = NULL;
+        if (grow((void **)&k->chunks, &k->chunks_cap, k->n_chunks + 1, sizeof *k->chunks))
+            c = calloc(PK_CHUNK, sizeof *c);
+        if (!c) {
+            k->new_err = pk_nomem(k);
+            return NULL;
+        }
+        k->chunks[k->n_chunks++] = c;
+        k->chunk_used = 0;
+    }
+    val *v = &k->chunks[k->n_chunks - 1][k->chunk_used++];
+    k->n_values++;
+    v->kind = kind;
     return v;
 }
 
 static void pk_free(pk *k)
 {
-    for (size_t i = 0; i < k->n_all; i++) {
-        free(k->all[i]->items);
-        free(k->all[i]);
+    for (size_t c = 0; c < k->n_chunks; c++) {
+        size_t used = c + 1 == k->n_chunks ? k->chunk_used : PK_CHUNK;
+        for (size_t i = 0; i < used; i++) {
+            const val *v = &k->chunks[c][i];
+            if (v->kind == V_TUPLE || v->kind == V_LIST || v->kind == V_DICT)
+                free(v->items);
+        }
+        free(k->chunks[c]);
     }
-    free(k->all);
+    free(k->chunks);
     free(k->stack);
     free(k->marks);
     free(k->memo);
@@ -503,7 +531,7 @@ static void pk_free(pk *k)
 static ddpm_result pk_push(pk *k, val *v)
 {
     if (!v)
-        return pk_nomem(k);
+        return k->new_err;
     if (k->sp >= PK_MAX_STACK)
         return pk_err(k, "pickle stack deeper than %u entries", PK_MAX_STACK);
     if (!grow((void **)&k->stack, &k->stack_cap, k->sp + 1, sizeof *k->stack))
@@ -543,7 +571,7 @@ static ddpm_result pk_collect(pk *k, vkind kind, size_t from)
 {
     val *t = pk_new(k, kind);
     if (!t)
-        return pk_nomem(k);
+        return k->new_err;
     size_t n = k->sp - from;
     if (n && !grow((void **)&t->items, &t->cap, n, sizeof *t->items))
         return pk_nomem(k);
@@ -697,7 +725,7 @@ static ddpm_result pk_tensor(pk *k, val *args)
             (int)(e->name_len < 80 ? e->name_len : 80), e->name, (long long)e->storage_numel);
     val *v = pk_new(k, V_TENSOR);
     if (!v)
-        return pk_nomem(k);
+        return k->new_err;
     v->st = e;
     v->offset = offset;
     v->ndim = nd;
@@ -759,13 +787,13 @@ static ddpm_result pk_len(pk *k, int nb, uint64_t *len)
 
 static ddpm_result pk_string(pk *k, vkind kind, int nb)
 {
-    uint64_t n;
+    uint64_t n = 0;
     ddpm_result r = pk_len(k, nb, &n);
     if (r != DDPM_OK)
         return r;
     val *v = pk_new(k, kind);
     if (!v)
-        return pk_nomem(k);
+        return k->new_err;
     v->s = (const char *)k->p;
     v->n = (size_t)n;
     k->p += n;
@@ -824,9 +852,9 @@ static ddpm_result pk_run(pk *k, val **out)
             return pk_err(k, "data.pkl ends without STOP (truncated)");
         const uint8_t *at = k->p;
         uint8_t op = *k->p++;
-        val *a, *b, *c;
-        uint64_t n;
-        size_t pos;
+        val *a = NULL, *b = NULL, *c = NULL;
+        uint64_t n = 0;
+        size_t pos = 0;
         switch (op) {
         case 0x80: /* PROTO */
             if ((r = pk_need(k, 1)) != DDPM_OK)
@@ -856,14 +884,10 @@ static ddpm_result pk_run(pk *k, val **out)
             if ((r = pk_pop(k, &a)) == DDPM_OK && (r = pk_push(k, a)) == DDPM_OK)
                 r = pk_push(k, a);
             break;
-        case 'N': r = pk_push(k, pk_new(k, V_NONE)); break;
-        case 0x88: /* NEWTRUE */
-        case 0x89: /* NEWFALSE */
-            if ((a = pk_new(k, V_BOOL)) != NULL)
-                a->i = op == 0x88;
-            r = pk_push(k, a);
-            break;
-        case 'K': /* BININT1 */
+        case 'N': r = pk_push(k, &k->none); break;
+        case 0x88: r = pk_push(k, &k->yes); break; /* NEWTRUE */
+        case 0x89: r = pk_push(k, &k->no); break;  /* NEWFALSE */
+        case 'K':                                  /* BININT1 */
             if ((r = pk_need(k, 1)) == DDPM_OK)
                 r = pk_int(k, *k->p++);
             break;
@@ -960,7 +984,7 @@ static ddpm_result pk_run(pk *k, val **out)
             if ((r = pk_pop_mark(k, &pos)) != DDPM_OK)
                 break;
             if ((a = pk_new(k, V_DICT)) == NULL)
-                return pk_nomem(k);
+                return k->new_err;
             if ((r = pk_setitems(k, a, pos)) == DDPM_OK)
                 r = pk_push(k, a);
             break;
@@ -1002,8 +1026,8 @@ static ddpm_result pk_run(pk *k, val **out)
             break;
         case 0x94: r = pk_memo_put(k, k->n_memo); break; /* MEMOIZE */
         case 'c': {                                      /* GLOBAL */
-            const char *mod, *name;
-            size_t ml, nl;
+            const char *mod = NULL, *name = NULL;
+            size_t ml = 0, nl = 0;
             if ((r = pk_line(k, &mod, &ml)) == DDPM_OK && (r = pk_line(k, &name, &nl)) == DDPM_OK)
                 r = pk_global(k, mod, ml, name, nl);
             break;
@@ -1183,10 +1207,10 @@ static ddpm_result name_walk(namer *m, const val *v, char *name, size_t len, int
             pl = (size_t)snprintf(part, sizeof part, "%lld", (long long)(key ? key->i : (int64_t)(i / step)));
         else if (key->kind == V_STR) {
             if (key->n == 0 || key->n > TF_MAX_NAME || !utf8_ok((const uint8_t *)key->s, key->n))
-                return tf_fail(
-                    DDPM_ERR_FORMAT, m->what,
-                    "a key under \"%.80s\" is empty, longer than %d bytes, holds NUL or is not UTF-8", name,
-                    TF_MAX_NAME);
+                return tf_fail(DDPM_ERR_FORMAT, m->what, "a key under \"%.80s\" %s", name,
+                               key->n == 0            ? "is empty"
+                               : key->n > TF_MAX_NAME ? "is longer than 255 bytes"
+                                                      : "is not UTF-8 or holds NUL");
             memcpy(part, key->s, key->n);
             pl = key->n;
         } else
@@ -1270,6 +1294,9 @@ static ddpm_result torch_parse_zip(uint8_t *buf, size_t size, const char *what, 
     k.end = k.p + pkl->size;
     k.what = what;
     k.z = z;
+    k.none.kind = V_NONE;
+    k.yes.kind = k.no.kind = V_BOOL;
+    k.yes.i = 1;
     val *top = NULL;
     if ((res = pk_run(&k, &top)) != DDPM_OK)
         goto cleanup;
