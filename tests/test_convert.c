@@ -5,6 +5,7 @@
 #include "cpu/cpu.h"
 #include "test_util.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -365,8 +366,8 @@ static void expect_refused(const char *what, const char *in, const convert_opts 
 }
 
 /* The pipeline fixture's weights as F32 safetensors with one tensor dropped / one added / one renamed. */
-static void write_variant(const char *path, const char *drop, const char *add, const char *rename_from,
-                          const char *rename_to)
+static void write_variant(const char *path, const char *drop, const char *add, const char *poison,
+                          float value)
 {
     st_file f;
     test_open_fixture("convert/cifar_pipeline/unet/diffusion_pytorch_model.safetensors", &f);
@@ -379,7 +380,9 @@ static void write_variant(const char *path, const char *drop, const char *add, c
             continue;
         data[n] = malloc((size_t)s->numel * sizeof(float));
         st_to_f32(s, data[n]);
-        t[n].name = rename_from && strcmp(s->name, rename_from) == 0 ? rename_to : s->name;
+        if (poison && strcmp(s->name, poison) == 0)
+            data[n][s->numel - 1] = value;
+        t[n].name = s->name;
         t[n].ndim = s->ndim;
         memcpy(t[n].shape, s->shape, sizeof t[n].shape);
         t[n].data = data[n];
@@ -426,15 +429,38 @@ static void test_hostile(void)
                    "conv_in.weight has shape (4, 3, 3, 3), the config needs (4, 1, 3, 3)", "");
 
     o.config = cfg;
-    write_variant(tmp("missing.safetensors"), "down_blocks.1.attentions.1.to_k.weight", NULL, NULL, NULL);
+    write_variant(tmp("missing.safetensors"), "down_blocks.1.attentions.1.to_k.weight", NULL, NULL, 0);
     expect_refused("a missing key", tmp("missing.safetensors"), &o, DDPM_ERR_MODEL, "1 missing tensor",
                    "down_blocks.1.attentions.1.to_k.weight");
-    write_variant(tmp("unknown.safetensors"), NULL, "down_blocks.0.resnets.0.norm3.weight", NULL, NULL);
+    write_variant(tmp("unknown.safetensors"), NULL, "down_blocks.0.resnets.0.norm3.weight", NULL, 0);
     expect_refused("an unknown key", tmp("unknown.safetensors"), &o, DDPM_ERR_MODEL, "1 unknown tensor",
                    "down_blocks.0.resnets.0.norm3.weight");
-    write_variant(tmp("twice.safetensors"), NULL, "temb.dense.0.bias", NULL, NULL);
+    write_variant(tmp("twice.safetensors"), NULL, "temb.dense.0.bias", NULL, 0);
     expect_refused("two keys naming one tensor", tmp("twice.safetensors"), &o, DDPM_ERR_MODEL,
                    "two tensors map to time_embedding.linear_1.bias", "temb.dense.0.bias");
+
+    write_variant(tmp("nan.safetensors"), NULL, NULL, "mid_block.resnets.1.conv2.bias", NAN);
+    expect_refused("a NaN weight", tmp("nan.safetensors"), &o, DDPM_ERR_MODEL,
+                   "mid_block.resnets.1.conv2.bias holds NaN at element 7", "");
+    write_variant(tmp("inf.safetensors"), NULL, NULL, "conv_out.weight", -INFINITY);
+    expect_refused("an infinite weight", tmp("inf.safetensors"), &o, DDPM_ERR_MODEL,
+                   "conv_out.weight holds an infinity", "");
+
+    /* F16 output refuses weights beyond its range; F32 keeps them */
+    write_variant(tmp("big.safetensors"), NULL, NULL, "conv_in.bias", 1e5f);
+    ddpm_model *m = NULL;
+    ddpm_result r = convert_load(tmp("big.safetensors"), &o, &m, NULL);
+    CHECK(r == DDPM_OK, "a weight of 1e5 converts: %s", ddpm_last_error());
+    if (m) {
+        r = convert_save(m, tmp("big16.safetensors"), ST_F16);
+        CHECK(r == DDPM_ERR_ARG && strstr(ddpm_last_error(), "conv_in.bias") &&
+                  !exists(tmp("big16.safetensors")),
+              "--dtype f16 refuses a weight of 1e5 by name, writing nothing: %s", ddpm_last_error());
+        r = convert_save(m, tmp("big32.safetensors"), ST_F32);
+        CHECK(r == DDPM_OK, "--dtype f32 keeps it: %s", ddpm_last_error());
+        remove(tmp("big32.safetensors"));
+    }
+    ddpm_model_free(m);
 
     o.config = NULL;
     expect_refused("a single file without --config", tmp("unknown.safetensors"), &o, DDPM_ERR_ARG, "--config",
@@ -481,7 +507,12 @@ int main(void)
     test_inspect();
     test_shipped_configs();
     test_hostile();
-    static const char *const left[] = {"missing.safetensors", "unknown.safetensors", "twice.safetensors",
+    static const char *const left[] = {"missing.safetensors",
+                                       "unknown.safetensors",
+                                       "twice.safetensors",
+                                       "nan.safetensors",
+                                       "inf.safetensors",
+                                       "big.safetensors",
                                        "cut.bin"};
     for (size_t i = 0; i < DDPM_ARRAY_LEN(left); i++)
         remove(tmp(left[i]));

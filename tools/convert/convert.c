@@ -5,6 +5,7 @@
 #include "torchfile.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -187,8 +188,9 @@ static ddpm_result locate(const char *in, const convert_opts *o, sources *src)
         join(mdir, sizeof mdir, in, "unet");
         if (!is_dir(mdir))
             snprintf(mdir, sizeof mdir, "%s", in);
-        static const char *const weight_names[] = {"diffusion_pytorch_model.safetensors",
-                                                   "diffusion_pytorch_model.bin"};
+        static const char *const weight_names[] = {
+            "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+            "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin"};
         for (size_t i = 0; i < DDPM_ARRAY_LEN(weight_names) && !src->weights[0]; i++)
             if (join(p, sizeof p, mdir, weight_names[i]) && is_file(p))
                 snprintf(src->weights, sizeof src->weights, "%s", p);
@@ -540,6 +542,19 @@ ddpm_result convert_load(const char *in, const convert_opts *o, ddpm_model **out
     }
     TRY(view_build(&f, c.levels, src.weights, &v));
     TRY(bind(&v, &t, src.weights, out));
+    /* a NaN or an infinity would turn every sample into NaN: name the tensor instead */
+    for (int i = 0; i < (*out)->graph.n_params; i++) {
+        const float *w = (*out)->weights[i];
+        for (int64_t k = 0; k < (*out)->graph.params[i].numel; k++)
+            if (!isfinite(w[k])) {
+                res = ddpm_fail(DDPM_ERR_MODEL, "%s: %s holds %s at element %lld", src.weights,
+                                (*out)->graph.params[i].name, isnan(w[k]) ? "NaN" : "an infinity",
+                                (long long)k);
+                ddpm_model_free(*out);
+                *out = NULL;
+                goto cleanup;
+            }
+    }
     if (report) {
         memset(report, 0, sizeof *report);
         snprintf(report->weights, sizeof report->weights, "%s", src.weights);
@@ -559,6 +574,28 @@ cleanup:
     if (opened)
         st_close(&f);
     return res;
+}
+
+/* F16 holds magnitudes up to 65504: a larger weight would be stored as an infinity. */
+static ddpm_result check_f16_range(const ddpm_model *m)
+{
+    for (int i = 0; i < m->graph.n_params; i++)
+        for (int64_t k = 0; k < m->graph.params[i].numel; k++)
+            if (fabsf(m->weights[i][k]) > 65504.0f)
+                return ddpm_fail(DDPM_ERR_ARG,
+                                 "%s holds %g at element %lld, beyond F16's range: use --dtype f32",
+                                 m->graph.params[i].name, (double)m->weights[i][k], (long long)k);
+    return DDPM_OK;
+}
+
+ddpm_result convert_save(const ddpm_model *m, const char *path, st_dtype dtype)
+{
+    if (dtype == ST_F16) {
+        ddpm_result r = check_f16_range(m);
+        if (r != DDPM_OK)
+            return r;
+    }
+    return model_save(m, path, dtype);
 }
 
 /* ---- inspect ---------------------------------------------------------------------------------- */

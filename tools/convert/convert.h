@@ -31,6 +31,10 @@ typedef struct convert_report {
  * Nothing is written. report may be NULL. */
 ddpm_result convert_load(const char *in, const convert_opts *o, ddpm_model **out, convert_report *report);
 
+/* Writes the model as ddpm-vk safetensors (atomically); F16 refuses weights beyond its range (65504)
+ * by name instead of storing infinities. */
+ddpm_result convert_save(const ddpm_model *m, const char *path, st_dtype dtype);
+
 /* Reads a file or folder as convert_load would (native or foreign) and prints its config, schedule,
  * tensor table (stored name, mapped name when different, dtype, shape), parameter count and the
  * FNV-1a 64 checksum of the stored tensor bytes, then whether it binds to the config. Returns the

@@ -146,7 +146,7 @@ int main(int argc, char **argv)
     convert_report rep;
     ddpm_result r = convert_load(pos[0], &o, &m, &rep);
     if (r == DDPM_OK)
-        r = model_save(m, pos[1], out_dtype);
+        r = convert_save(m, pos[1], out_dtype);
     if (r != DDPM_OK) {
         error("%s", ddpm_last_error());
         ddpm_model_free(m);
