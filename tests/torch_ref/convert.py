@@ -291,6 +291,22 @@ def make(outdir):
         pkl = [n for n in z.namelist() if n.endswith('data.pkl')][0]
         assert b'system' in z.read(pkl), 'evil pickle lacks the os.system global'
 
+    # a storage shorter than its tensor claims (the zip rebuilt with data/0 cut to 8 of its 24 bytes), and
+    # a central-directory entry pointing outside the archive
+    small = os.path.join(d, 'evil_short_storage.bin')
+    torch.save({'conv_in.weight': torch.ones(2, 3, 1, 1)}, small)
+    with zipfile.ZipFile(small) as z:
+        entries = [(i, z.read(i.filename)) for i in z.infolist()]
+    with zipfile.ZipFile(small, 'w', zipfile.ZIP_STORED) as z:
+        for info, data in entries:
+            z.writestr(info.filename, data[:8] if info.filename.endswith('/data/0') else data)
+    far = os.path.join(d, 'evil_offset.bin')
+    torch.save({'conv_in.weight': torch.ones(2, 3, 1, 1)}, far)
+    raw = bytearray(open(far, 'rb').read())
+    cd = raw.index(b'PK\x01\x02')  # first central-directory entry: local header offset at +42
+    raw[cd + 42:cd + 46] = (0x7FFFFFF0).to_bytes(4, 'little')
+    open(far, 'wb').write(bytes(raw))
+
     # wrappers around state dicts (tiny, for --inspect / --select): the DDIM code's
     # [model, optimizer, epoch, step, ema] list and a {"state_dict": {"module.<key>": ...}} dict
     w = {'conv_in.weight': torch.arange(6, dtype=torch.float32).reshape(2, 3, 1, 1)}
