@@ -393,8 +393,8 @@ static uint8_t *read_fixture(const char *name, size_t *size)
 
 static void test_real_files(void)
 {
-    static const char *const files[] = {"state.pt",  "module.pt", "nested.pt",
-                                        "ddim.ckpt", "proto4.pt", "proto5.pt"};
+    static const char *const files[] = {"state.pt",  "module.pt", "nested.pt", "ddim.ckpt",
+                                        "proto4.pt", "proto5.pt", "legacy.pt", "legacy_ddim.ckpt"};
     for (size_t i = 0; i < DDPM_ARRAY_LEN(files); i++) {
         char path[256];
         snprintf(path, sizeof path, "torchfile/%s", files[i]);
@@ -404,7 +404,7 @@ static void test_real_files(void)
         if (r != DDPM_OK)
             continue;
         compare_with_torch(files[i], &f);
-        if (i == 0) { /* two views of one storage share its bytes; a storage offset moves the pointer */
+        if (i == 0 || i == 6) { /* views of one storage share its bytes; a storage offset moves the pointer */
             const st_tensor *a = st_find(&f, "shared.a"), *b = st_find(&f, "shared.b");
             CHECK(a && b && b->data == a->data + 6 * 4, "shared.b starts 6 floats after shared.a");
             const st_tensor *s = st_find(&f, "scalar");
@@ -436,8 +436,6 @@ static void test_real_files(void)
     data = read_fixture("torchfile/legacy.pt", &size);
     CHECK(torch_sniff(data, size) == 1, "torch_sniff: a legacy checkpoint");
     free(data);
-    CHECK_REFUSED(torch_open(test_fixture_path("torchfile/legacy.pt"), &f), DDPM_ERR_UNSUPPORTED, "legacy",
-                  "the legacy (PyTorch < 1.6) format");
     CHECK_REFUSED(torch_open(test_fixture_path("unet_a.safetensors"), &f), DDPM_ERR_FORMAT, "not a PyTorch",
                   "a safetensors file");
     CHECK_REFUSED(torch_open(test_fixture_path("torchfile/missing.pt"), &f), DDPM_ERR_IO, "missing.pt",
@@ -1049,6 +1047,119 @@ static void test_hostile_archives(void)
     free(pkl.p);
 }
 
+/* ---- the legacy format ------------------------------------------------------------------------ */
+
+enum { L_OK, L_COUNT, L_SHORT, L_TWICE, L_UNUSED, L_NO_DATA, L_VIEW, L_BIG, L_PROTO, L_PERSID5 };
+
+/* A legacy checkpoint {"w": float32 (4,)}: magic, protocol, sys_info, the object, the keys, the storage. */
+static void legacy_file(buf *b, int variant)
+{
+    static const uint8_t magic[] = {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46,
+                                    0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, '.'};
+    static const float w[4] = {1.5f, -2, 3, 4};
+    b->n = 0;
+    put(b, magic, sizeof magic);
+    put(b, "\x80\x02M", 3);
+    put_le(b, variant == L_PROTO ? 1000 : 1001, 2);
+    put8(b, '.');
+    put(b, "\x80\x02}(", 4);
+    pk_str(b, "protocol_version");
+    put(b, "M\xe9\x03", 3);
+    pk_str(b, "little_endian");
+    put8(b, variant == L_BIG ? 0x89 : 0x88);
+    put(b, "u.", 2);
+    put(b, "\x80\x02}", 3);
+    pk_str(b, "w");
+    pk_global(b, "torch._utils", "_rebuild_tensor_v2");
+    put(b, "((", 2);
+    pk_str(b, "storage");
+    pk_global(b, "torch", "FloatStorage");
+    pk_str(b, "94123");
+    pk_str(b, "cpu");
+    pk_int(b, 4);
+    if (variant == L_VIEW)
+        put(b,
+            "X\x01\x00\x00\x00"
+            "0K\x00K\x04\x87",
+            11);
+    else if (variant != L_PERSID5)
+        put8(b, 'N');
+    put(b, "tQ", 2);
+    pk_int(b, 0);
+    pk_ints(b, 1, (int64_t[]){4});
+    pk_ints(b, 1, (int64_t[]){1});
+    put8(b, 0x89);
+    pk_global(b, "collections", "OrderedDict");
+    put(b, ")Rt", 3);
+    put(b, "Rs.", 3);
+    put(b, "\x80\x02](", 4); /* the keys */
+    if (variant == L_UNUSED)
+        pk_str(b, "777");
+    if (variant != L_NO_DATA)
+        pk_str(b, "94123");
+    if (variant == L_TWICE)
+        pk_str(b, "94123");
+    put(b, "e.", 2);
+    put_le(b, variant == L_COUNT ? 5 : 4, 8);
+    put(b, w, variant == L_SHORT ? 15 : 16);
+    if (variant == L_TWICE) {
+        put_le(b, 4, 8);
+        put(b, w, 16);
+    }
+}
+
+static void test_legacy(void)
+{
+    buf b = {0};
+    st_file f;
+    legacy_file(&b, L_OK);
+    ddpm_result r = torch_parse(dup_bytes(b.p, b.n), b.n, "legacy", &f);
+    CHECK(r == DDPM_OK, "crafted legacy file: %s", ddpm_last_error());
+    if (r == DDPM_OK) {
+        const st_tensor *t = st_find(&f, "w");
+        float v[4] = {0};
+        if (t && t->numel == 4)
+            st_to_f32(t, v);
+        CHECK(t && v[0] == 1.5f && v[3] == 4, "crafted legacy file reads w");
+        st_close(&f);
+    }
+    static const struct {
+        int variant;
+        ddpm_result want;
+        const char *needle, *what;
+    } cases[] = {
+        {L_COUNT, DDPM_ERR_FORMAT, "wrong element count", "legacy: a storage with the wrong element count"},
+        {L_SHORT, DDPM_ERR_FORMAT, "truncated", "legacy: a storage cut short"},
+        {L_TWICE, DDPM_ERR_FORMAT, "listed twice", "legacy: a storage key listed twice"},
+        {L_UNUSED, DDPM_ERR_FORMAT, "not used by any tensor", "legacy: a key no tensor uses"},
+        {L_NO_DATA, DDPM_ERR_FORMAT, "has no data", "legacy: a storage without data"},
+        {L_VIEW, DDPM_ERR_UNSUPPORTED, "storage views", "legacy: a storage view"},
+        {L_BIG, DDPM_ERR_UNSUPPORTED, "big-endian", "legacy: a big-endian file"},
+        {L_PROTO, DDPM_ERR_UNSUPPORTED, "protocol version", "legacy: protocol version 1000"},
+        {L_PERSID5, DDPM_ERR_FORMAT, "persistent id", "legacy: a zip-style persistent id"},
+    };
+    for (size_t i = 0; i < DDPM_ARRAY_LEN(cases); i++) {
+        legacy_file(&b, cases[i].variant);
+        CHECK_REFUSED(torch_parse(dup_bytes(b.p, b.n), b.n, "legacy", &f), cases[i].want, cases[i].needle,
+                      cases[i].what);
+    }
+    free(b.p);
+
+    /* every truncation of a real legacy file */
+    size_t size;
+    uint8_t *data = read_fixture("torchfile/legacy.pt", &size);
+    int refused = 0;
+    for (size_t n = 0; n < size; n++) {
+        ddpm_result rr = torch_parse(dup_bytes(data, n), n, "truncated", &f);
+        refused += rr != DDPM_OK && good_message();
+        if (rr == DDPM_OK)
+            st_close(&f);
+    }
+    CHECK(refused == (int)size, "every truncation of legacy.pt is refused (%d of %zu)", refused, size);
+    printf("%s refused all %zu truncations of legacy.pt\n", refused == (int)size ? "ok  " : "FAIL", size);
+    free(data);
+}
+
 /* ---- mutations -------------------------------------------------------------------------------- */
 
 static uint64_t mix_state = 0x243f6a8885a308d3u;
@@ -1128,9 +1239,30 @@ static void test_mutations(void)
             bad += !good_message();
         }
     }
+    free(data);
+    data = read_fixture("torchfile/legacy_ddim.ckpt", &size); /* no CRC: changes reach the unpickler */
+    for (int iter = 0; iter < 3000; iter++) {
+        uint8_t *m = dup_bytes(data, size);
+        int flips = 1 + (int)(next_u64() % 3);
+        for (int k = 0; k < flips; k++) {
+            size_t at = next_u64() % size;
+            uint64_t rnd = next_u64();
+            m[at] = (rnd & 1) ? (uint8_t)(rnd >> 8) : (uint8_t)(m[at] + (int)((rnd >> 8) % 5) - 2);
+        }
+        st_file f;
+        ddpm_result r = torch_parse(m, size, "mutated", &f);
+        if (r == DDPM_OK) {
+            ok_count++;
+            bad += !inside(&f);
+            st_close(&f);
+        } else {
+            refused++;
+            bad += !good_message();
+        }
+    }
     CHECK(bad == 0, "mutations: %d results out of bounds or without a one-line message", bad);
-    printf("%s 6000 mutations of ddim.ckpt: %d read, %d refused, %d bad\n", bad ? "FAIL" : "ok  ", ok_count,
-           refused, bad);
+    printf("%s 9000 mutations of ddim.ckpt and legacy_ddim.ckpt: %d read, %d refused, %d bad\n",
+           bad ? "FAIL" : "ok  ", ok_count, refused, bad);
     free(orig);
     free(mut);
     free(data);
@@ -1149,6 +1281,7 @@ int main(void)
     test_hostile_tensors();
     test_hostile_pickles();
     test_hostile_archives();
+    test_legacy();
     test_mutations();
     rmdir(tmp_dir);
     return test_summary("torchfile");

@@ -5,7 +5,8 @@
 # scalar, an empty tensor, an int64 tensor that is skipped), module.pt (an nn.Module state dict, whose
 # _metadata arrives through BUILD), nested.pt (dicts, lists, tuples, int keys, plain data), ddim.ckpt (the
 # DDIM code's [model, optimizer, epoch, step, ema] with a real Adam state), proto4.pt / proto5.pt (pickle
-# protocols 4 and 5: FRAME, MEMOIZE, STACK_GLOBAL), legacy.pt (the pre-1.6 format, to be refused).
+# protocols 4 and 5: FRAME, MEMOIZE, STACK_GLOBAL), legacy.pt and legacy_ddim.ckpt (the pre-1.6 format:
+# pickles, then the storages).
 import collections
 import os
 
@@ -43,8 +44,7 @@ def _expect(path, ckpt):
 def _save(out, name, obj, **kw):
     path = os.path.join(out, name)
     torch.save(obj, path, **kw)
-    if not kw.get('_use_new_zipfile_serialization', True) is False:
-        _expect(path, obj)
+    _expect(path, obj)
 
 
 class Tiny(nn.Module):
@@ -104,3 +104,5 @@ def make(out):
     _save(out, 'proto4.pt', sd, pickle_protocol=4)
     _save(out, 'proto5.pt', nested, pickle_protocol=5)
     _save(out, 'legacy.pt', sd, _use_new_zipfile_serialization=False)
+    _save(out, 'legacy_ddim.ckpt', [model.state_dict(), opt.state_dict(), 5, 1234, ema.state_dict()],
+          _use_new_zipfile_serialization=False)

@@ -446,7 +446,11 @@ typedef struct pk {
     size_t n_memo, memo_cap;
     val **chunks; /* values are allocated PK_CHUNK at a time, freed together */
     size_t n_chunks, chunks_cap, chunk_used, n_values;
-    val none, yes, no;   /* shared None, True, False */
+    val none, yes, no; /* shared None, True, False */
+    /* legacy format: storages by key (open addressing), created by persistent ids, located afterwards */
+    int legacy;
+    zip_entry **lst;
+    size_t n_lst, lst_cap;
     ddpm_result new_err; /* why pk_new last failed (message recorded) */
 } pk;
 
@@ -484,7 +488,8 @@ static ddpm_result pk_err(const pk *k, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    return ddpm_fail(DDPM_ERR_FORMAT, "%s: data.pkl byte %zu: %s", k->what, (size_t)(k->p - k->start), msg);
+    return ddpm_fail(DDPM_ERR_FORMAT, "%s: %s byte %zu: %s", k->what, k->legacy ? "file" : "data.pkl",
+                     (size_t)(k->p - k->start), msg);
 }
 
 /* A new value, or NULL with the reason in k->new_err (a message recorded). */
@@ -523,6 +528,9 @@ static void pk_free(pk *k)
         free(k->chunks[c]);
     }
     free(k->chunks);
+    for (size_t i = 0; i < k->lst_cap; i++)
+        free(k->lst[i]);
+    free(k->lst);
     free(k->stack);
     free(k->marks);
     free(k->memo);
@@ -644,19 +652,84 @@ static int int_tuple(const val *v, int64_t out[4])
     return (int)v->len;
 }
 
+/* ---- the legacy format (PyTorch < 1.6): pickles, then the storages' bytes in the order of a key list ----
+ */
+
+static uint64_t key_hash(const char *s, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325u; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)s[i]) * 0x100000001b3u;
+    return h;
+}
+
+/* The slot of key in the storage table: its entry, or the empty slot where it belongs. */
+static zip_entry **legacy_slot(pk *k, const char *key, size_t n)
+{
+    size_t mask = k->lst_cap - 1;
+    for (size_t i = (size_t)key_hash(key, n) & mask;; i = (i + 1) & mask) {
+        zip_entry *e = k->lst[i];
+        if (!e || (e->name_len == n && !memcmp(e->name, key, n)))
+            return &k->lst[i];
+    }
+}
+
+/* A legacy persistent id: the storage of that key, created at its first mention. */
+static ddpm_result pk_legacy_storage(pk *k, const val *key, int t, int64_t numel)
+{
+    if (2 * (k->n_lst + 1) > k->lst_cap) { /* grow the table to keep it at most half full */
+        size_t ncap = k->lst_cap ? 2 * k->lst_cap : 64;
+        zip_entry **old = k->lst;
+        size_t old_cap = k->lst_cap;
+        if (!(k->lst = calloc(ncap, sizeof *k->lst))) {
+            k->lst = old;
+            return pk_nomem(k);
+        }
+        k->lst_cap = ncap;
+        for (size_t i = 0; i < old_cap; i++)
+            if (old[i])
+                *legacy_slot(k, old[i]->name, old[i]->name_len) = old[i];
+        free(old);
+    }
+    zip_entry **slot = legacy_slot(k, key->s, key->n), *e = *slot;
+    if (!e) {
+        if (!(e = calloc(1, sizeof *e)))
+            return pk_nomem(k);
+        e->name = key->s;
+        e->name_len = key->n;
+        e->storage_type = t;
+        e->storage_numel = numel;
+        e->data = UINT64_MAX; /* located after the pickle */
+        e->crc_ok = 1;
+        *slot = e;
+        k->n_lst++;
+    } else if (e->storage_type != t || e->storage_numel != numel)
+        return pk_err(k, "storage %.*s is claimed with two different types or sizes",
+                      (int)(key->n < 80 ? key->n : 80), key->s);
+    val *v = pk_new(k, V_STORAGE);
+    if (v)
+        v->st = e;
+    return pk_push(k, v);
+}
+
 /* BINPERSID: ('storage', storage class, key, location, numel) names the zip entry <archive>/data/<key>. */
 static ddpm_result pk_persistent(pk *k, val *pid)
 {
     char nm[84];
-    if (pid->kind != V_TUPLE || pid->len != 5 || pid->items[0]->kind != V_STR || pid->items[0]->n != 7 ||
-        memcmp(pid->items[0]->s, "storage", 7) != 0)
-        return pk_err(k, "persistent id is not a ('storage', type, key, location, numel) tuple");
+    if (pid->kind != V_TUPLE || pid->len != (k->legacy ? 6u : 5u) || pid->items[0]->kind != V_STR ||
+        pid->items[0]->n != 7 || memcmp(pid->items[0]->s, "storage", 7) != 0)
+        return pk_err(k, "persistent id is not a ('storage', type, key, location, numel%s) tuple",
+                      k->legacy ? ", view" : "");
+    if (k->legacy && pid->items[5]->kind != V_NONE)
+        return tf_fail(DDPM_ERR_UNSUPPORTED, k->what, "storage views of the legacy format are not supported");
     val *type = pid->items[1], *key = pid->items[2], *loc = pid->items[3], *numel = pid->items[4];
     if (type->kind != V_GLOBAL || type->i < G_STORAGE_FIRST)
         return pk_err(k, "persistent id names a storage type that is not a storage class");
     if (key->kind != V_STR || loc->kind != V_STR || numel->kind != V_INT || numel->i < 0)
         return pk_err(k, "malformed storage persistent id");
     int t = (int)type->i - G_STORAGE_FIRST;
+    if (k->legacy)
+        return pk_legacy_storage(k, key, t, numel->i);
     char path[ZIP_MAX_NAME + 1];
     if (key->n > ZIP_MAX_NAME - 5 - k->prefix_len)
         return pk_err(k, "storage key too long");
@@ -1249,6 +1322,42 @@ int torch_sniff(const uint8_t *head, size_t n)
     return n >= 262 && memcmp(head + 257, "ustar", 5) == 0;
 }
 
+static ddpm_result name_tensors(const val *top, const char *what, st_file *f)
+{
+    ddpm_result res;
+    namer m;
+    memset(&m, 0, sizeof m);
+    m.what = what;
+    m.f = f;
+    char name[TF_MAX_NAME + 2] = "";
+    if ((res = name_walk(&m, top, name, 0, 0)) != DDPM_OK)
+        return res;
+    if (f->n_tensors == 0) {
+        res = m.n_skipped
+                  ? tf_fail(DDPM_ERR_UNSUPPORTED, what, "no F32, F16 or BF16 tensors (only %s)", m.skipped)
+                  : tf_fail(DDPM_ERR_FORMAT, what, "the checkpoint holds no tensors");
+        return res;
+    }
+    qsort(f->tensors, (size_t)f->n_tensors, sizeof *f->tensors, cmp_tensor_name);
+    for (int i = 1; i < f->n_tensors; i++)
+        if (strcmp(f->tensors[i - 1].name, f->tensors[i].name) == 0) {
+            res = tf_fail(DDPM_ERR_FORMAT, what, "two tensors are named \"%.80s\"", f->tensors[i].name);
+            return res;
+        }
+    if (m.n_skipped) {
+        f->meta = calloc(1, sizeof *f->meta);
+        if (!f->meta || !(f->meta[0].key = strdup("torch.skipped")) ||
+            !(f->meta[0].value = strdup(m.skipped))) {
+            if (f->meta)
+                f->n_meta = 1;
+            res = tf_fail(DDPM_ERR_NOMEM, what, "out of memory");
+            return res;
+        }
+        f->n_meta = 1;
+    }
+    return DDPM_OK;
+}
+
 static ddpm_result torch_parse_zip(uint8_t *buf, size_t size, const char *what, st_file *f, zip *z)
 {
     ddpm_result res = DDPM_OK;
@@ -1298,44 +1407,101 @@ static ddpm_result torch_parse_zip(uint8_t *buf, size_t size, const char *what, 
     k.yes.kind = k.no.kind = V_BOOL;
     k.yes.i = 1;
     val *top = NULL;
-    if ((res = pk_run(&k, &top)) != DDPM_OK)
-        goto cleanup;
+    if ((res = pk_run(&k, &top)) == DDPM_OK)
+        res = name_tensors(top, what, f);
+    pk_free(&k);
+    return res;
+}
 
-    namer m;
-    memset(&m, 0, sizeof m);
-    m.what = what;
-    m.f = f;
-    char name[TF_MAX_NAME + 2] = "";
-    if ((res = name_walk(&m, top, name, 0, 0)) != DDPM_OK)
+/* Runs the next pickle of a file holding several: a fresh stack and memo, values kept. */
+static ddpm_result pk_next(pk *k, val **out)
+{
+    k->sp = k->n_marks = k->n_memo = 0;
+    return pk_run(k, out);
+}
+
+static int is_str(const val *v, const char *s)
+{
+    return v->kind == V_STR && v->n == strlen(s) && !memcmp(v->s, s, v->n);
+}
+
+/* magic number, protocol version 1001, sys_info, the object, its storage keys, then per key: int64 LE element
+ * count + the bytes. */
+static ddpm_result torch_parse_legacy(uint8_t *buf, size_t size, const char *what, st_file *f)
+{
+    ddpm_result res;
+    pk k;
+    memset(&k, 0, sizeof k);
+    k.start = k.p = buf;
+    k.end = buf + size;
+    k.what = what;
+    k.legacy = 1;
+    k.none.kind = V_NONE;
+    k.yes.kind = k.no.kind = V_BOOL;
+    k.yes.i = 1;
+    val *magic = NULL, *proto = NULL, *info = NULL, *top = NULL, *keys = NULL;
+    if ((res = pk_next(&k, &magic)) != DDPM_OK || (res = pk_next(&k, &proto)) != DDPM_OK ||
+        (res = pk_next(&k, &info)) != DDPM_OK)
         goto cleanup;
-    if (f->n_tensors == 0) {
-        res = m.n_skipped
-                  ? tf_fail(DDPM_ERR_UNSUPPORTED, what, "no F32, F16 or BF16 tensors (only %s)", m.skipped)
-                  : tf_fail(DDPM_ERR_FORMAT, what, "the checkpoint holds no tensors");
+    if (magic->kind != V_BIGINT || proto->kind != V_INT || proto->i != 1001) {
+        res = tf_fail(DDPM_ERR_UNSUPPORTED, what, "legacy checkpoint of an unknown protocol version");
         goto cleanup;
     }
-    qsort(f->tensors, (size_t)f->n_tensors, sizeof *f->tensors, cmp_tensor_name);
-    for (int i = 1; i < f->n_tensors; i++)
-        if (strcmp(f->tensors[i - 1].name, f->tensors[i].name) == 0) {
-            res = tf_fail(DDPM_ERR_FORMAT, what, "two tensors are named \"%.80s\"", f->tensors[i].name);
-            goto cleanup;
-        }
-    if (m.n_skipped) {
-        f->meta = calloc(1, sizeof *f->meta);
-        if (!f->meta || !(f->meta[0].key = strdup("torch.skipped")) ||
-            !(f->meta[0].value = strdup(m.skipped))) {
-            if (f->meta)
-                f->n_meta = 1;
-            res = tf_fail(DDPM_ERR_NOMEM, what, "out of memory");
-            goto cleanup;
-        }
-        f->n_meta = 1;
+    int little = -1;
+    for (size_t i = 0; info->kind == V_DICT && i + 1 < info->len; i += 2)
+        if (is_str(info->items[i], "little_endian") && info->items[i + 1]->kind == V_BOOL)
+            little = (int)info->items[i + 1]->i;
+    if (little != 1) {
+        res = little == 0
+                  ? tf_fail(DDPM_ERR_UNSUPPORTED, what, "big-endian checkpoints are not supported")
+                  : tf_fail(DDPM_ERR_FORMAT, what, "legacy checkpoint without sys_info.little_endian");
+        goto cleanup;
     }
+    if ((res = pk_next(&k, &top)) != DDPM_OK || (res = pk_next(&k, &keys)) != DDPM_OK)
+        goto cleanup;
+    if (keys->kind != V_LIST) {
+        res = tf_fail(DDPM_ERR_FORMAT, what, "legacy checkpoint without its list of storage keys");
+        goto cleanup;
+    }
+    for (size_t i = 0; i < keys->len; i++) {
+        const val *key = keys->items[i];
+        zip_entry *e = key->kind == V_STR && k.lst_cap ? *legacy_slot(&k, key->s, key->n) : NULL;
+        char nm[84];
+        if (!e || e->data != UINT64_MAX) {
+            res = tf_fail(DDPM_ERR_FORMAT, what, "legacy storage key %s is %s",
+                          key->kind == V_STR ? printable(nm, key->s, key->n) : "(not a string)",
+                          e ? "listed twice" : "not used by any tensor");
+            goto cleanup;
+        }
+        uint64_t at = (uint64_t)(k.p - buf);
+        int64_t nbytes = 0;
+        if (!ddpm_mul_ok(e->storage_numel, storage_types[e->storage_type].size, &nbytes))
+            nbytes = INT64_MAX;
+        uint64_t bytes = (uint64_t)nbytes;
+        if (size - at < 8 || ld64(buf + at) != (uint64_t)e->storage_numel || size - at - 8 < bytes) {
+            res = tf_fail(DDPM_ERR_FORMAT, what, "legacy storage %s at byte %llu: %s",
+                          printable(nm, e->name, e->name_len), (unsigned long long)at,
+                          size - at < 8 || size - at - 8 < bytes ? "truncated" : "wrong element count");
+            goto cleanup;
+        }
+        e->data = at + 8;
+        e->size = bytes;
+        k.p += 8 + bytes;
+    }
+    for (size_t i = 0; i < k.lst_cap; i++)
+        if (k.lst[i] && k.lst[i]->data == UINT64_MAX) {
+            char nm[84];
+            res = tf_fail(DDPM_ERR_FORMAT, what, "legacy storage %s has no data",
+                          printable(nm, k.lst[i]->name, k.lst[i]->name_len));
+            goto cleanup;
+        }
+    res = name_tensors(top, what, f);
 cleanup:
     pk_free(&k);
     return res;
 }
 
+/* Names the tensors reachable from top into f (sorted, duplicates refused, skipped dtypes listed). */
 ddpm_result torch_parse(uint8_t *buf, size_t size, const char *what, st_file *f)
 {
     ddpm_result res;
@@ -1350,9 +1516,7 @@ ddpm_result torch_parse(uint8_t *buf, size_t size, const char *what, st_file *f)
     }
     if (size >= 4 && buf[0] == 0x80 && buf[1] == 0x02 && buf[2] == 0x8a && buf[3] == PK_LEGACY_MAGIC_LEN &&
         size >= 4 + PK_LEGACY_MAGIC_LEN && !memcmp(buf + 4, legacy_magic, PK_LEGACY_MAGIC_LEN))
-        res = tf_fail(DDPM_ERR_UNSUPPORTED, what,
-                      "legacy torch.save format (PyTorch < 1.6) is not supported: re-save it with "
-                      "torch.save(torch.load(path), path) under PyTorch >= 1.6");
+        res = torch_parse_legacy(buf, size, what, f);
     else if (size >= 262 && !memcmp(buf + 257, "ustar", 5))
         res =
             tf_fail(DDPM_ERR_UNSUPPORTED, what, "the tar checkpoint format (PyTorch < 0.4) is not supported");

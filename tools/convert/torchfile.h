@@ -24,15 +24,16 @@
  * Tensors may share bytes (views of one storage). Tensors of other dtypes (int64, float64, bool, ...) are
  * left out of f->tensors and listed, comma-separated with their dtypes, in the metadata value
  * "torch.skipped" (st_meta_get); f has no other metadata. The file stays in f->buf until st_close().
- * Only the zip format (torch >= 1.6) is read; the legacy and tar formats are refused by name, as are
- * big-endian files and compressed zip entries. Files up to 16 GiB. */
+ * Both torch.save formats are read: the zip (torch >= 1.6; CRC-32 checked, zip64) and the legacy one
+ * (a run of pickles followed by the storages). The tar format (torch < 0.4), big-endian files and
+ * compressed zip entries are refused by name. Files up to 16 GiB. */
 ddpm_result torch_open(const char *path, st_file *f);
 
 /* As torch_open for a file already in memory (`what` names it in messages); takes ownership of buf on
  * success AND failure, as st_parse. */
 ddpm_result torch_parse(uint8_t *buf, size_t size, const char *what, st_file *f);
 
-/* 1 when the first n bytes of a file look like a PyTorch checkpoint (zip, legacy pickle or tar format)
+/* 1 when the first n bytes of a file look like a PyTorch checkpoint (zip, legacy or tar format)
  * rather than safetensors; 8 bytes are enough for the zip and legacy formats. */
 int torch_sniff(const uint8_t *head, size_t n);
 
