@@ -77,6 +77,8 @@ static const layout layouts[] = {
      "default", "x_cifar", 1},
     {"cifar_orig", "convert/cifar_orig.ckpt", "convert/cifar_pipeline/unet/config.json", "default", "x_cifar",
      0},
+    {"cifar_orig_legacy_f16", "convert/cifar_orig_legacy_f16.ckpt", "convert/cifar_pipeline/unet/config.json",
+     "default", "x_cifar", 1},
     {"celeba_pipeline", "convert/celeba_pipeline/unet", NULL, "ddpm", "x_celeba", 1},
     {"celeba_orig_bf16", "convert/celeba_orig_bf16.pt", "convert/celeba_pipeline/unet/config.json", "default",
      "x_celeba", 0},

@@ -260,6 +260,10 @@ def make(outdir):
     sd_orig = orig.state_dict()
     torch.save({f'module.{k}': v for k, v in sd_orig.items()}, os.path.join(d, 'cifar_orig.ckpt'))
     io['out_cifar_orig'] = ref_forward(orig, sd_orig, x['cifar'], t)
+    # the same weights in F16 and torch.save's legacy (pre-1.6, not zip) format, as older ports were saved
+    sd16 = cast(sd_orig, torch.float16)
+    torch.save(sd16, os.path.join(d, 'cifar_orig_legacy_f16.ckpt'), _use_new_zipfile_serialization=False)
+    io['out_cifar_orig_legacy_f16'] = ref_forward(orig, sd16, x['cifar'], t)
 
     # 5. the 256 structure: pipeline with unet/ given directly (scheduler found in ../scheduler), .bin F16
     p = os.path.join(d, 'celeba_pipeline')
@@ -299,7 +303,8 @@ def make(outdir):
         entries = [(i, z.read(i.filename)) for i in z.infolist()]
     with zipfile.ZipFile(small, 'w', zipfile.ZIP_STORED) as z:
         for info, data in entries:
-            z.writestr(info.filename, data[:8] if info.filename.endswith('/data/0') else data)
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))  # reproducible bytes
+            z.writestr(fixed, data[:8] if info.filename.endswith('/data/0') else data)
     far = os.path.join(d, 'evil_offset.bin')
     torch.save({'conv_in.weight': torch.ones(2, 3, 1, 1)}, far)
     raw = bytearray(open(far, 'rb').read())
