@@ -49,6 +49,11 @@ static int take(const char **s, const char *prefix)
     return 1;
 }
 
+static int is_param(const char *s)
+{
+    return strcmp(s, "weight") == 0 || strcmp(s, "bias") == 0;
+}
+
 /* Module names inside a resnet and an attention block: original port -> diffusers. */
 static const char *const resnet_names[][2] = {
     {"norm1.", "norm1."}, {"conv1.", "conv1."}, {"temb_proj.", "time_emb_proj."},
@@ -62,7 +67,7 @@ static int map_leaf(const char *rest, const char *const (*table)[2], size_t n, c
 {
     for (size_t i = 0; i < n; i++) {
         const char *p = rest;
-        if (take(&p, table[i][0]) && (strcmp(p, "weight") == 0 || strcmp(p, "bias") == 0)) {
+        if (take(&p, table[i][0]) && is_param(p)) {
             *to = table[i][1];
             *param = p;
             return 1;
@@ -71,10 +76,9 @@ static int map_leaf(const char *rest, const char *const (*table)[2], size_t n, c
     return 0;
 }
 
-static int emit(char *out, size_t n, const char *fmt_prefix, int a, int b, const char *mod, const char *param)
+/* Writes prefix + mod + param to out; 1 when it fits. */
+static int emit(char *out, size_t n, const char *prefix, const char *mod, const char *param)
 {
-    char prefix[64];
-    snprintf(prefix, sizeof prefix, fmt_prefix, a, b);
     int l = snprintf(out, n, "%s%s%s", prefix, mod, param);
     return l > 0 && (size_t)l < n;
 }
@@ -82,24 +86,25 @@ static int emit(char *out, size_t n, const char *fmt_prefix, int a, int b, const
 int convert_map_original(const char *key, int levels, char *out, size_t n)
 {
     const char *s = key, *mod, *param;
+    char pre[64];
     int i, j;
     if (take(&s, "temb.dense.")) {
-        if (take(&s, "0.") && (strcmp(s, "weight") == 0 || strcmp(s, "bias") == 0))
-            return emit(out, n, "time_embedding.linear_1.", 0, 0, "", s);
-        if (take(&s, "1.") && (strcmp(s, "weight") == 0 || strcmp(s, "bias") == 0))
-            return emit(out, n, "time_embedding.linear_2.", 0, 0, "", s);
+        if (take(&s, "0.") && is_param(s))
+            return emit(out, n, "time_embedding.linear_1.", "", s);
+        if (take(&s, "1.") && is_param(s))
+            return emit(out, n, "time_embedding.linear_2.", "", s);
         return 0;
     }
-    if (take(&s, "norm_out.") && (strcmp(s, "weight") == 0 || strcmp(s, "bias") == 0))
-        return emit(out, n, "conv_norm_out.", 0, 0, "", s);
+    if (take(&s, "norm_out.") && is_param(s))
+        return emit(out, n, "conv_norm_out.", "", s);
     s = key;
     if (take(&s, "mid.")) {
         if (take(&s, "block_1.") && map_leaf(s, resnet_names, DDPM_ARRAY_LEN(resnet_names), &mod, &param))
-            return emit(out, n, "mid_block.resnets.0.", 0, 0, mod, param);
+            return emit(out, n, "mid_block.resnets.0.", mod, param);
         if (take(&s, "block_2.") && map_leaf(s, resnet_names, DDPM_ARRAY_LEN(resnet_names), &mod, &param))
-            return emit(out, n, "mid_block.resnets.1.", 0, 0, mod, param);
+            return emit(out, n, "mid_block.resnets.1.", mod, param);
         if (take(&s, "attn_1.") && map_leaf(s, attn_names, DDPM_ARRAY_LEN(attn_names), &mod, &param))
-            return emit(out, n, "mid_block.attentions.0.", 0, 0, mod, param);
+            return emit(out, n, "mid_block.attentions.0.", mod, param);
         return 0;
     }
     int up = 0;
@@ -112,23 +117,22 @@ int convert_map_original(const char *key, int levels, char *out, size_t n)
         return 0;
     /* the port builds `up` level by level and indexes it by level: up.{L-1-k} is up_blocks.{k} */
     int b = up ? levels - 1 - i : i;
-    const char *blocks = up ? "up_blocks." : "down_blocks.";
-    char fmt[64];
+    const char *blocks = up ? "up_blocks" : "down_blocks";
     if (take(&s, up ? "upsample.conv." : "downsample.conv.")) {
-        if (strcmp(s, "weight") != 0 && strcmp(s, "bias") != 0)
+        if (!is_param(s))
             return 0;
-        snprintf(fmt, sizeof fmt, "%s%%d.%s.0.conv.", blocks, up ? "upsamplers" : "downsamplers");
-        return emit(out, n, fmt, b, 0, "", s);
+        snprintf(pre, sizeof pre, "%s.%d.%s.0.conv.", blocks, b, up ? "upsamplers" : "downsamplers");
+        return emit(out, n, pre, "", s);
     }
     if (take(&s, "block.") && take_index(&s, &j) &&
         map_leaf(s, resnet_names, DDPM_ARRAY_LEN(resnet_names), &mod, &param)) {
-        snprintf(fmt, sizeof fmt, "%s%%d.resnets.%%d.", blocks);
-        return emit(out, n, fmt, b, j, mod, param);
+        snprintf(pre, sizeof pre, "%s.%d.resnets.%d.", blocks, b, j);
+        return emit(out, n, pre, mod, param);
     }
     if (take(&s, "attn.") && take_index(&s, &j) &&
         map_leaf(s, attn_names, DDPM_ARRAY_LEN(attn_names), &mod, &param)) {
-        snprintf(fmt, sizeof fmt, "%s%%d.attentions.%%d.", blocks);
-        return emit(out, n, fmt, b, j, mod, param);
+        snprintf(pre, sizeof pre, "%s.%d.attentions.%d.", blocks, b, j);
+        return emit(out, n, pre, mod, param);
     }
     return 0;
 }
@@ -180,8 +184,10 @@ typedef struct sources {
 static ddpm_result locate(const char *in, const convert_opts *o, sources *src)
 {
     memset(src, 0, sizeof *src);
-    if (strlen(in) > 900)
-        return ddpm_fail(DDPM_ERR_ARG, "input path too long");
+    const char *paths[3] = {in, o ? o->config : NULL, o ? o->scheduler : NULL};
+    for (int i = 0; i < 3; i++)
+        if (paths[i] && strlen(paths[i]) > 900)
+            return ddpm_fail(DDPM_ERR_ARG, "path too long (%zu bytes): %.60s...", strlen(paths[i]), paths[i]);
     if (is_dir(in)) {
         /* a pipeline folder (model_index.json, unet/, scheduler/) or the model folder itself */
         char mdir[1024], p[1024];
@@ -202,11 +208,12 @@ static ddpm_result locate(const char *in, const convert_opts *o, sources *src)
         if (join(p, sizeof p, mdir, "config.json") && is_file(p))
             snprintf(src->config, sizeof src->config, "%s", p);
         /* the pipeline's scheduler: beside unet/, in the model folder (flat repositories), or in
-         * ../scheduler when IN is the unet folder itself */
+         * ../scheduler when IN is the unet folder of a pipeline (../model_index.json) */
         const char *cands[3][2] = {{in, "scheduler/scheduler_config.json"},
                                    {mdir, "scheduler_config.json"},
                                    {in, "../scheduler/scheduler_config.json"}};
-        for (int i = 0; i < 3 && !src->scheduler[0]; i++)
+        int parent_is_pipeline = join(p, sizeof p, in, "../model_index.json") && is_file(p);
+        for (int i = 0; i < (parent_is_pipeline ? 3 : 2) && !src->scheduler[0]; i++)
             if (join(p, sizeof p, cands[i][0], cands[i][1]) && is_file(p))
                 snprintf(src->scheduler, sizeof src->scheduler, "%s", p);
     } else if (is_file(in)) {
@@ -229,8 +236,8 @@ static ddpm_result fail_in(ddpm_result code, const char *what)
     return ddpm_fail(code, "%s: %s", what, msg);
 }
 
-/* PyTorch checkpoints (zip, or the legacy formats torch_open refuses by name) go to torch_open, the
- * rest to the safetensors reader. */
+/* PyTorch checkpoints (zip or legacy torch.save files, or the tar format torch_open refuses by name) go
+ * to torch_open, the rest to the safetensors reader. */
 static ddpm_result open_weights(const char *path, st_file *f, int *is_torch)
 {
     uint8_t head[16] = {0};
@@ -452,14 +459,18 @@ static ddpm_result read_texts(const sources *src, const st_file *f, texts *t, dd
         TRY(read_text(src->config, &t->config));
         snprintf(t->config_from, sizeof t->config_from, "%s", src->config);
     } else if (st_meta_get(f, DDPM_META_CONFIG)) {
-        t->config = strdup(st_meta_get(f, DDPM_META_CONFIG));
+        if (!(t->config = strdup(st_meta_get(f, DDPM_META_CONFIG))))
+            return ddpm_fail(DDPM_ERR_NOMEM, "out of memory");
         snprintf(t->config_from, sizeof t->config_from, "%.900s (metadata)", src->weights);
     }
     if (src->scheduler[0]) {
         TRY(read_text(src->scheduler, &t->scheduler));
         snprintf(t->scheduler_from, sizeof t->scheduler_from, "%s", src->scheduler);
     } else if (st_meta_get(f, DDPM_META_SCHEDULER)) {
-        t->scheduler = strdup(st_meta_get(f, DDPM_META_SCHEDULER));
+        if (!(t->scheduler = strdup(st_meta_get(f, DDPM_META_SCHEDULER)))) {
+            res = ddpm_fail(DDPM_ERR_NOMEM, "out of memory");
+            goto cleanup;
+        }
         snprintf(t->scheduler_from, sizeof t->scheduler_from, "%.900s (metadata)", src->weights);
     } else {
         snprintf(t->scheduler_from, sizeof t->scheduler_from,
