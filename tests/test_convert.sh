@@ -80,10 +80,33 @@ run sample-ddpm "$VK" sample --model "$tmp/pipeline.safetensors" --device cpu --
 if [ "$rc" -eq 0 ] && [ -s "$tmp/ddpm.png" ]; then pass "ddpm-vk sample (ddpm) on a converted model"; else
     fail "sample (ddpm) (exit $rc: $(show "$tmp/sample-ddpm.err"))"
 fi
-run sample-ddim "$VK" sample --model "$tmp/celeba_orig.safetensors" --device cpu --sampler ddim --steps 2 -n 1 \
-    --seed 1 --quiet --out "$tmp/ddim.png"
+run sample-ddim "$VK" sample --model "$tmp/celeba_orig.safetensors" --device cpu --sampler ddim --steps 2 -n 2 \
+    --seed 1 --quiet --out "$tmp/ddim.png" --save-raw "$tmp/ddim-cpu.npy"
 if [ "$rc" -eq 0 ] && [ -s "$tmp/ddim.png" ]; then pass "ddpm-vk sample (ddim) on a converted original-port model"; else
     fail "sample (ddim) (exit $rc: $(show "$tmp/sample-ddim.err"))"
+fi
+# the same on Vulkan device 0 (lavapipe in CI; validation layer on): close to the CPU samples
+run sample-vk "$VK" sample --model "$tmp/celeba_orig.safetensors" --device 0 --sampler ddim --steps 2 -n 2 \
+    --seed 1 --quiet --out "$tmp/ddim-vk.png" --save-raw "$tmp/ddim-vk.npy"
+if [ "$rc" -ne 0 ]; then
+    fail "sample on Vulkan device 0 (exit $rc: $(show "$tmp/sample-vk.err"))"
+elif /usr/bin/python3 - "$tmp/ddim-vk.npy" "$tmp/ddim-cpu.npy" >"$tmp/close.log" 2>&1 <<'EOF'; then
+import sys
+import numpy as np
+got, want = np.load(sys.argv[1]), np.load(sys.argv[2])
+assert got.shape == want.shape == (2, 3, 32, 32), f'shapes {got.shape} {want.shape}'
+err = np.abs(got.astype(np.float64) - want)
+print(f'max |vk - cpu| {err.max():.3g}')
+sys.exit(1 if (err > 2e-3 + 2e-3 * np.abs(want)).any() or not np.isfinite(got).all() else 0)
+EOF
+    pass "converted model on Vulkan device 0 matches the CPU: $(show "$tmp/close.log")"
+else
+    fail "converted model on Vulkan device 0 differs from the CPU: $(show "$tmp/close.log")"
+fi
+if grep -qi 'validation' "$tmp/sample-vk.out" "$tmp/sample-vk.err"; then
+    fail "Vulkan validation messages: $(grep -hi 'validation' "$tmp/sample-vk.err" | head -n 1 | cut -c1-200)"
+else
+    pass "no Vulkan validation messages (DDPM_VALIDATION=${DDPM_VALIDATION:-unset})"
 fi
 
 # F32 conversions of the same weights agree byte for byte whatever the layout they came from:
