@@ -296,6 +296,13 @@ static void test_inspect(void)
     free(a);
     free(b);
 
+    /* the original port's naming is recognised without a config (levels from the down.I keys) */
+    s = inspect_text(fx("convert/celeba_orig_bf16.pt"), NULL, &r);
+    CHECK(r == DDPM_OK && s && strstr(s, "up.5.upsample.conv.weight") &&
+              strstr(s, "-> up_blocks.0.upsamplers.0.conv.weight") && strstr(s, "original DDPM port"),
+          "inspect: original-port names mapped without a config");
+    free(s);
+
     /* with a config that does not fit: inspect succeeds and reports the failure */
     o.config = fx("convert/bad_shape_config.json");
     s = inspect_text(fx("convert/cifar_pipeline"), &o, &r);

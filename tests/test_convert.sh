@@ -161,7 +161,7 @@ refuse() {
 }
 
 refuse bad-shape "conv_in.weight has shape" "$C/cifar_pipeline" "$tmp/bad.safetensors" --config "$C/bad_shape_config.json"
-refuse wrong-config "missing tensor" "$C/cifar_orig.ckpt" "$tmp/bad.safetensors" --config "$CELEBA_CFG"
+refuse wrong-config "the weights have 4 levels" "$C/cifar_orig.ckpt" "$tmp/bad.safetensors" --config "$CELEBA_CFG"
 refuse evil-pickle "system" "$C/evil_system.bin" "$tmp/bad.safetensors" --config "$CIFAR_CFG"
 refuse short-storage "storage" "$C/evil_short_storage.bin" "$tmp/bad.safetensors" --config "$CIFAR_CFG"
 refuse entry-outside "outside" "$C/evil_offset.bin" "$tmp/bad.safetensors" --config "$CIFAR_CFG"

@@ -343,6 +343,7 @@ typedef struct view {
     char **stored; /* stored[i]: the input's name of f.tensors[i] */
     st_meta meta[2];
     int n_renamed, n_old_attn, n_original;
+    int port_levels; /* levels of a file in the original port's naming (0: none) */
 } view;
 
 typedef struct named {
@@ -373,7 +374,22 @@ static const char *naming_of(const view *v)
     return "diffusers";
 }
 
-/* levels: the config's level count (the port's up.I index depends on it); 0 when unknown. */
+/* The level count of a file in the original port's naming: 1 + the largest I of a "down.I." key
+ * (every level has resnets there), or 0 when there is none. */
+static int port_levels(const st_file *f, int strip)
+{
+    int levels = 0;
+    for (int i = 0; i < f->n_tensors; i++) {
+        const char *s = f->tensors[i].name + (strip ? 7 : 0);
+        int level;
+        if (take(&s, "down.") && take_index(&s, &level) && level + 1 > levels)
+            levels = level + 1;
+    }
+    return levels;
+}
+
+/* levels: the config's level count (the port's up.I index depends on it); 0 when there is no config:
+ * then the file's own (port_levels). */
 static ddpm_result view_build(const st_file *in, int levels, const char *what, view *v)
 {
     memset(v, 0, sizeof *v);
@@ -388,6 +404,9 @@ static ddpm_result view_build(const st_file *in, int levels, const char *what, v
     int strip = n > 0;
     for (int i = 0; i < n && strip; i++)
         strip = strncmp(in->tensors[i].name, "module.", 7) == 0;
+    v->port_levels = port_levels(in, strip);
+    if (levels <= 0)
+        levels = v->port_levels;
     for (int i = 0; i < n; i++) {
         const char *key = in->tensors[i].name + (strip ? 7 : 0);
         char mapped[DDPM_MAX_NAME + 32];
@@ -552,6 +571,13 @@ ddpm_result convert_load(const char *in, const convert_opts *o, ddpm_model **out
         goto cleanup;
     }
     TRY(view_build(&f, c.levels, src.weights, &v));
+    if (v.n_original && v.port_levels != c.levels) {
+        res = ddpm_fail(DDPM_ERR_MODEL,
+                        "%s: the weights have %d levels (down.0 .. down.%d) but the config %s has %d "
+                        "(block_out_channels)",
+                        src.weights, v.port_levels, v.port_levels - 1, t.config_from, c.levels);
+        goto cleanup;
+    }
     TRY(bind(&v, &t, src.weights, out));
     /* a NaN or an infinity would turn every sample into NaN: name the tensor instead */
     for (int i = 0; i < (*out)->graph.n_params; i++) {
