@@ -77,7 +77,7 @@ static const char *dtype_label(st_dtype d)
 int main(int argc, char **argv)
 {
     convert_opts o = {0};
-    const char *inspect = NULL, *dtype = "f32", *pos[2] = {0};
+    const char *inspect = NULL, *dtype = NULL, *pos[2] = {0};
     int n_pos = 0;
     for (int i = 1; i < argc; i++) {
         const char **slots[] = {&o.config, &o.scheduler, &o.select, &dtype, &inspect};
@@ -111,8 +111,8 @@ int main(int argc, char **argv)
     }
 
     if (inspect) {
-        if (n_pos) {
-            error("--inspect takes one file and no other arguments (got %s)", pos[0]);
+        if (n_pos || dtype) {
+            error("--inspect takes one file and no other arguments (got %s)", n_pos ? pos[0] : "--dtype");
             return 2;
         }
         ddpm_result r = convert_inspect(inspect, &o, stdout);
@@ -128,7 +128,7 @@ int main(int argc, char **argv)
         return 2;
     }
     st_dtype out_dtype;
-    if (strcmp(dtype, "f32") == 0)
+    if (!dtype || strcmp(dtype, "f32") == 0)
         out_dtype = ST_F32;
     else if (strcmp(dtype, "f16") == 0)
         out_dtype = ST_F16;
