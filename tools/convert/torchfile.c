@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define TF_MAX_NAME 255            /* bytes of a flattened tensor name, as safetensors */
 #define TF_MAX_DEPTH 32            /* containers nested around a tensor */
@@ -15,6 +16,7 @@
 #define PK_MAX_STACK (1u << 18)    /* pickle stack entries */
 #define PK_MAX_VALUES (1u << 22)   /* values built (64 bytes each) */
 #define PK_CHUNK 4096              /* values allocated at a time */
+#define PK_MAX_ITEMS (1u << 26)    /* items held by all tuples, lists and dicts together */
 #define PK_MAX_MARKS (1u << 16)    /* open MARKs */
 #define PK_MAX_SKIPPED_TEXT 2000   /* bytes of the "torch.skipped" list */
 #define PK_LEGACY_MAGIC_LEN 10     /* the legacy format's LONG1 magic number, bytes */
@@ -445,10 +447,11 @@ typedef struct pk {
     val **memo;
     size_t n_memo, memo_cap;
     val **chunks; /* values are allocated PK_CHUNK at a time, freed together */
-    size_t n_chunks, chunks_cap, chunk_used, n_values;
+    size_t n_chunks, chunks_cap, chunk_used, n_values, n_items;
     val none, yes, no; /* shared None, True, False */
     /* legacy format: storages by key (open addressing), created by persistent ids, located afterwards */
     int legacy;
+    uint64_t seed;
     zip_entry **lst;
     size_t n_lst, lst_cap;
     ddpm_result new_err; /* why pk_new last failed (message recorded) */
@@ -566,8 +569,20 @@ static ddpm_result pk_pop_mark(pk *k, size_t *pos)
     return DDPM_OK;
 }
 
+/* Counts n more container items against PK_MAX_ITEMS. */
+static ddpm_result pk_items(pk *k, size_t n)
+{
+    if (n > PK_MAX_ITEMS - k->n_items)
+        return pk_err(k, "the pickle's containers hold more than %u items", PK_MAX_ITEMS);
+    k->n_items += n;
+    return DDPM_OK;
+}
+
 static ddpm_result pk_append(pk *k, val *c, val *item)
 {
+    ddpm_result r = pk_items(k, 1);
+    if (r != DDPM_OK)
+        return r;
     if (!grow((void **)&c->items, &c->cap, c->len + 1, sizeof *c->items))
         return pk_nomem(k);
     c->items[c->len++] = item;
@@ -581,6 +596,9 @@ static ddpm_result pk_collect(pk *k, vkind kind, size_t from)
     if (!t)
         return k->new_err;
     size_t n = k->sp - from;
+    ddpm_result r = pk_items(k, n);
+    if (r != DDPM_OK)
+        return r;
     if (n && !grow((void **)&t->items, &t->cap, n, sizeof *t->items))
         return pk_nomem(k);
     if (n)
@@ -652,22 +670,24 @@ static int int_tuple(const val *v, int64_t out[4])
     return (int)v->len;
 }
 
-/* ---- the legacy format (PyTorch < 1.6): pickles, then the storages' bytes in the order of a key list ----
- */
+/* ---- the legacy format (PyTorch < 1.6): pickles, then each storage's bytes in key-list order ---- */
 
-static uint64_t key_hash(const char *s, size_t n)
+/* FNV-1a from a per-file seed, then a finalizer: keys crafted to collide cannot be precomputed. */
+static uint64_t key_hash(uint64_t seed, const char *s, size_t n)
 {
-    uint64_t h = 0xcbf29ce484222325u; /* FNV-1a */
+    uint64_t h = 0xcbf29ce484222325u ^ seed;
     for (size_t i = 0; i < n; i++)
         h = (h ^ (uint8_t)s[i]) * 0x100000001b3u;
-    return h;
+    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9u;
+    h = (h ^ (h >> 27)) * 0x94d049bb133111ebu;
+    return h ^ (h >> 31);
 }
 
 /* The slot of key in the storage table: its entry, or the empty slot where it belongs. */
 static zip_entry **legacy_slot(pk *k, const char *key, size_t n)
 {
     size_t mask = k->lst_cap - 1;
-    for (size_t i = (size_t)key_hash(key, n) & mask;; i = (i + 1) & mask) {
+    for (size_t i = (size_t)key_hash(k->seed, key, n) & mask;; i = (i + 1) & mask) {
         zip_entry *e = k->lst[i];
         if (!e || (e->name_len == n && !memcmp(e->name, key, n)))
             return &k->lst[i];
@@ -1436,6 +1456,7 @@ static ddpm_result torch_parse_legacy(uint8_t *buf, size_t size, const char *wha
     k.end = buf + size;
     k.what = what;
     k.legacy = 1;
+    k.seed = (uint64_t)(uintptr_t)&k * 0x9e3779b97f4a7c15u ^ (uint64_t)time(NULL) ^ (uint64_t)clock();
     k.none.kind = V_NONE;
     k.yes.kind = k.no.kind = V_BOOL;
     k.yes.i = 1;
