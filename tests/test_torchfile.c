@@ -90,13 +90,17 @@ typedef struct zentry {
 
 typedef struct zipfile {
     buf b;
-    size_t local_at[16], cd_at[16], cd_off, eocd_at;
+    size_t local_at[64], cd_at[64], cd_off, eocd_at; /* n <= 64 entries */
 } zipfile;
 
 /* zip64: the 32-bit sizes and offsets saturated, the values in zip64 extra fields and end records. */
 static void zip_build(zipfile *z, const zentry *e, int n, int zip64)
 {
     memset(z, 0, sizeof *z);
+    if (n > 64) {
+        fprintf(stderr, "FAIL zip_build: more than 64 entries\n");
+        exit(1);
+    }
     buf *b = &z->b;
     for (int i = 0; i < n; i++) {
         uint32_t crc = crc32_bitwise(e[i].data, e[i].size);
@@ -176,10 +180,11 @@ static void zip_build(zipfile *z, const zentry *e, int n, int zip64)
     put_le(b, 0, 2);
 }
 
+/* bytes may exceed 8: the rest is zero-filled */
 static void store_le(uint8_t *p, uint64_t v, int bytes)
 {
     for (int i = 0; i < bytes; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
+        p[i] = i < 8 ? (uint8_t)(v >> (8 * i)) : 0;
 }
 
 static uint64_t load_le(const uint8_t *p, int bytes)
