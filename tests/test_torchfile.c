@@ -871,6 +871,121 @@ static void test_hostile_pickles(void)
     }
     put8(&b, '.');
     CHECK_REFUSED(parse_pickle(&b), DDPM_ERR_FORMAT, "shared more than", "2^30 paths through shared lists");
+    b.n = 0;
+    put_str(&b, "\x80\x02}");
+    for (int i = 0; i <= (1 << 22); i++)
+        put8(&b, 0x94); /* MEMOIZE */
+    put8(&b, '.');
+    CHECK_REFUSED(parse_pickle(&b), DDPM_ERR_FORMAT, "memo entries", "2^22 + 1 memo entries");
+    free(b.p);
+}
+
+/* Opcodes and callables torch 1.13 does not write but others may: each value lands where Python puts it. */
+static void test_rare_opcodes(void)
+{
+    for (int i = 0; i < 64; i++)
+        storage_f32[i] = (float)i;
+    buf b = {0};
+    put_str(&b, "\x80\x04\x95");
+    put_le(&b, 0, 8); /* FRAME (a length hint) */
+    put_str(&b, "\x8c\x0b"
+                "collections\x94\x8c\x0b"
+                "OrderedDict\x94\x93"); /* STACK_GLOBAL, MEMOIZE */
+    put_str(&b, ")\x81");               /* NEWOBJ: OrderedDict() */
+    pk_str(&b, "v1");
+    pk_global(&b, "torch._utils", "_rebuild_tensor"); /* (storage, offset, size, stride) */
+    put(&b, "((", 2);
+    pk_str(&b, "storage");
+    pk_global(&b, "torch", "FloatStorage");
+    pk_str(&b, "0");
+    pk_str(&b, "cpu");
+    pk_int(&b, 64);
+    put(&b, "tQ", 2);
+    pk_int(&b, 3);
+    put_str(&b, "K\x02\x85K\x01\x85tR"); /* size (2,), stride (1,) */
+    put_str(&b, "s");
+    put(&b,
+        "\x8d\x02\x00\x00\x00\x00\x00\x00\x00"
+        "ps",
+        11); /* BINUNICODE8 "ps" */
+    pk_global(&b, "torch._utils", "_rebuild_parameter_with_state");
+    put8(&b, '(');
+    pk_global(&b, "torch._utils", "_rebuild_tensor_v2");
+    put(&b, "((", 2);
+    pk_str(&b, "storage");
+    pk_global(&b, "torch", "FloatStorage");
+    pk_str(&b, "0");
+    pk_str(&b, "cpu");
+    pk_int(&b, 64);
+    put(&b, "tQ", 2);
+    pk_int(&b, 10);
+    put_str(&b, "K\x01K\x02\x86K\x02K\x01\x86\x88}N"); /* size (1, 2), stride (2, 1), True, {}, None */
+    put_str(&b, "tR\x88}}tR"); /* 7 arguments (metadata None), then (t, True, {}, {}) */
+    put_str(&b, "s");
+    pk_str(&b, "plain"); /* plain data, left out: float, negative LONG1, bytes, Python 2 str, a DUP, a POP */
+    put8(&b, '(');
+    put8(&b, 'G');
+    put(&b, "\x3f\xf8\x00\x00\x00\x00\x00\x00", 8); /* 1.5 */
+    put(&b, "\x8a\x02\x00\x80", 4);                 /* -32768 */
+    put(&b,
+        "C\x03"
+        "abc",
+        5);
+    put_str(&b, "U\x02hi");
+    put_str(&b, "N2000");
+    put_str(&b, "(NN1l");
+    put_str(&b, "s");
+    put_str(&b, "\x8a\x01\xfe"); /* key -2 */
+    put_str(&b, "](]");
+    pk_global(&b, "torch._utils", "_rebuild_tensor_v2");
+    put(&b, "((", 2);
+    pk_str(&b, "storage");
+    pk_global(&b, "torch", "HalfStorage");
+    pk_str(&b, "1");
+    pk_str(&b, "cpu");
+    pk_int(&b, 8);
+    put(&b, "tQ", 2);
+    pk_int(&b, 0);
+    put_str(&b, "K\x04\x85K\x01\x85\x89NtR"); /* size (4,), stride (1,) */
+    put_str(&b, "\x94"
+                "e"); /* APPENDS: [[], t] */
+    put8(&b, 's');
+    put(&b,
+        "(X\x01\x00\x00\x00"
+        "d}d",
+        9); /* DICT {"d": {}}, then BINGET, MEMOIZE and two POPs */
+    put_str(&b, "h\x01\x94"
+                "00.");
+    static const uint16_t half[8] = {0x3c00, 0x4000, 0xc200, 0x7bff, 0, 0, 0, 0};
+    zentry e[3] = {{"archive/data.pkl", b.p, b.n},
+                   {"archive/data/0", (const uint8_t *)storage_f32, sizeof storage_f32},
+                   {"archive/data/1", (const uint8_t *)half, sizeof half}};
+    zipfile z;
+    zip_build(&z, e, 3, 0);
+    st_file f;
+    ddpm_result r = torch_parse(z.b.p, z.b.n, "rare.pt", &f);
+    CHECK(r == DDPM_OK, "rare opcodes: %s", ddpm_last_error());
+    if (r != DDPM_OK) {
+        free(b.p);
+        return;
+    }
+    const st_tensor *v1 = st_find(&f, "v1"), *ps = st_find(&f, "ps"), *neg = st_find(&f, "-2.1");
+    float a[4] = {0}, c[4] = {0}, d[4] = {0};
+    if (v1 && v1->numel == 2)
+        st_to_f32(v1, a);
+    if (ps && ps->numel == 2)
+        st_to_f32(ps, c);
+    if (neg && neg->numel == 4)
+        st_to_f32(neg, d);
+    CHECK(f.n_tensors == 3, "rare opcodes: 3 tensors, got %d", f.n_tensors);
+    CHECK(v1 && v1->ndim == 1 && a[0] == 3 && a[1] == 4, "_rebuild_tensor (v1) at offset 3");
+    CHECK(ps && ps->ndim == 2 && ps->shape[1] == 2 && c[0] == 10 && c[1] == 11,
+          "_rebuild_parameter_with_state of a (1, 2) view at offset 10");
+    CHECK(neg && neg->dtype == ST_F16 && d[0] == 1 && d[1] == 2 && d[2] == -3 && d[3] == 65504,
+          "a half tensor in a list under the int key -2");
+    printf("%s rare opcodes (FRAME, STACK_GLOBAL, NEWOBJ, MEMOIZE, DICT, APPENDS, LONG1, ...): %d tensors\n",
+           f.n_tensors == 3 ? "ok  " : "FAIL", f.n_tensors);
+    st_close(&f);
     free(b.p);
 }
 
@@ -1285,6 +1400,7 @@ int main(void)
     test_code_execution();
     test_hostile_tensors();
     test_hostile_pickles();
+    test_rare_opcodes();
     test_hostile_archives();
     test_legacy();
     test_mutations();

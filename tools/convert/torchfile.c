@@ -18,6 +18,7 @@
 #define PK_CHUNK 4096              /* values allocated at a time */
 #define PK_MAX_ITEMS (1u << 26)    /* items held by all tuples, lists and dicts together */
 #define PK_MAX_MARKS (1u << 16)    /* open MARKs */
+#define PK_MAX_MEMO (1u << 22)     /* memo entries */
 #define PK_MAX_SKIPPED_TEXT 2000   /* bytes of the "torch.skipped" list */
 #define PK_LEGACY_MAGIC_LEN 10     /* the legacy format's LONG1 magic number, bytes */
 
@@ -913,6 +914,8 @@ static ddpm_result pk_memo_put(pk *k, uint64_t idx)
     if (idx > k->n_memo)
         return pk_err(k, "memo index %llu out of order (next is %zu)", (unsigned long long)idx, k->n_memo);
     if (idx == k->n_memo) {
+        if (k->n_memo >= PK_MAX_MEMO)
+            return pk_err(k, "more than %u memo entries", PK_MAX_MEMO);
         if (!grow((void **)&k->memo, &k->memo_cap, k->n_memo + 1, sizeof *k->memo))
             return pk_nomem(k);
         k->n_memo++;
