@@ -546,6 +546,17 @@ static void test_code_execution(void)
     st_file f;
     CHECK_REFUSED(torch_open(path, &f), DDPM_ERR_FORMAT, "os.system is not allowed", "evil.pt from disk");
     CHECK(f.n_tensors == 0 && f.buf == NULL, "a refused file leaves an empty st_file");
+    /* files torch.save wrote for objects whose __reduce__ returns os.system / eval of a shell command that
+     * would create $DDPM_PWNED_MARKER */
+    setenv("DDPM_PWNED_MARKER", marker, 1);
+    static const char *const evil[][2] = {{"torchfile/evil_system.pt", "posix.system"},
+                                          {"torchfile/evil_eval.pt", "__builtin__.eval"},
+                                          {"torchfile/evil_legacy.pt", "posix.system"}};
+    for (size_t i = 0; i < DDPM_ARRAY_LEN(evil); i++) {
+        char needle[64];
+        snprintf(needle, sizeof needle, "%s is not allowed", evil[i][1]);
+        CHECK_REFUSED(torch_open(test_fixture_path(evil[i][0]), &f), DDPM_ERR_FORMAT, needle, evil[i][0]);
+    }
     CHECK(access(marker, F_OK) != 0, "nothing ran: %s does not exist", marker);
     printf("%s nothing ran: %s was not created\n", access(marker, F_OK) != 0 ? "ok  " : "FAIL", marker);
     unlink(path);

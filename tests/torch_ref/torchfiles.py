@@ -6,7 +6,7 @@
 # _metadata arrives through BUILD), nested.pt (dicts, lists, tuples, int keys, plain data), ddim.ckpt (the
 # DDIM code's [model, optimizer, epoch, step, ema] with a real Adam state), proto4.pt / proto5.pt (pickle
 # protocols 4 and 5: FRAME, MEMOIZE, STACK_GLOBAL), legacy.pt and legacy_ddim.ckpt (the pre-1.6 format:
-# pickles, then the storages).
+# pickles, then the storages), evil_*.pt (objects whose unpickling runs a shell command via os.system or eval).
 import collections
 import os
 
@@ -45,6 +45,18 @@ def _save(out, name, obj, **kw):
     path = os.path.join(out, name)
     torch.save(obj, path, **kw)
     _expect(path, obj)
+
+
+class _System:
+    """Unpickling this would run a shell command: the file must be refused without running it."""
+
+    def __reduce__(self):
+        return (os.system, ('touch "$DDPM_PWNED_MARKER"',))
+
+
+class _Eval:
+    def __reduce__(self):
+        return (eval, ('__import__("os").system(\'touch "$DDPM_PWNED_MARKER"\')',))
 
 
 class Tiny(nn.Module):
@@ -103,6 +115,9 @@ def make(out):
 
     _save(out, 'proto4.pt', sd, pickle_protocol=4)
     _save(out, 'proto5.pt', nested, pickle_protocol=5)
+    torch.save({'w': torch.randn(2), 'hook': _System()}, os.path.join(out, 'evil_system.pt'))
+    torch.save({'w': torch.randn(2), 'hook': _Eval()}, os.path.join(out, 'evil_eval.pt'))
+    torch.save([_System()], os.path.join(out, 'evil_legacy.pt'), _use_new_zipfile_serialization=False)
     _save(out, 'legacy.pt', sd, _use_new_zipfile_serialization=False)
     _save(out, 'legacy_ddim.ckpt', [model.state_dict(), opt.state_dict(), 5, 1234, ema.state_dict()],
           _use_new_zipfile_serialization=False)
