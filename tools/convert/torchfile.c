@@ -1,4 +1,4 @@
-/* torchfile.c: PyTorch checkpoint reader: a zip reader (stored entries, zip64, CRC-checked) and a restricted
+/* torchfile.c: PyTorch checkpoint reader: zip (zip64, CRC-checked) and legacy containers, a restricted
  * unpickler that builds dicts, lists and tensors as data only; every offset, size and index checked. */
 #include "torchfile.h"
 
