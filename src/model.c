@@ -129,7 +129,6 @@ static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
         snprintf(buf + l, n - l, ")");
 }
 
-/* Appends ", name" entries (the first MODEL_MAX_LISTED) to a message buffer. */
 /* Prefixes the last error message with the file name. */
 static ddpm_result fail_in(ddpm_result code, const char *what)
 {
