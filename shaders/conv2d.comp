@@ -7,9 +7,11 @@
 
 // x: threads along output pixels (N), y: threads along output channels (M).
 layout(local_size_x_id = 0, local_size_y_id = 1) in;
-layout(constant_id = 3) const uint RM = 4; // outputs per thread along M
-layout(constant_id = 4) const uint RN = 4; // outputs per thread along N
-layout(constant_id = 5) const uint TK = 16; // K slice held in shared memory
+layout(constant_id = 3) const uint TK = 16; // K slice held in shared memory
+// Each thread computes 4 x 4 outputs, held in vec4 registers: fixed (not specialization constants) so
+// every index is known at compile time and nothing spills to scratch memory.
+#define RM 4u
+#define RN 4u
 
 const uint WN = gl_WorkGroupSize.x;
 const uint WM = gl_WorkGroupSize.y;
@@ -34,6 +36,31 @@ layout(push_constant) uniform Push {
 shared float As[TK][TM];
 shared float Bs[TK][TN];
 
+// Bias, time embedding, residual, scale and SiLU on one output, then the store.
+void store_one(uint gm, float acc, uint gn, uint hw_out)
+{
+    if (gm >= pc.co || gn >= pc.n_total)
+        return;
+    uint b = gn / hw_out, p = gn % hw_out;
+    float v = acc + float(wt[pc.b_off + gm]);
+    if ((pc.flags & VK_CONV_TEMB) != 0u)
+        v += float(act[pc.temb_off + b * pc.temb_bs + gm]);
+    if ((pc.flags & VK_CONV_RES) != 0u)
+        v += float(act[pc.res_off + b * pc.res_bs + gm * hw_out + p]);
+    v *= pc.scale;
+    if ((pc.flags & VK_CONV_SILU) != 0u)
+        v = v / (1.0 + exp(-v));
+    act[pc.out_off + b * pc.out_bs + gm * hw_out + p] = TO_ACT(v);
+}
+
+void store_row(uint gm, vec4 acc, uint gn, uint hw_out)
+{
+    store_one(gm, acc.x, gn, hw_out);
+    store_one(gm, acc.y, gn + WN, hw_out);
+    store_one(gm, acc.z, gn + 2u * WN, hw_out);
+    store_one(gm, acc.w, gn + 3u * WN, hw_out);
+}
+
 void main()
 {
     uint tx = gl_LocalInvocationID.x, ty = gl_LocalInvocationID.y;
@@ -43,10 +70,7 @@ void main()
     uint K = pc.ci * kk2;
     uint hw_out = pc.ho * pc.wo, hw_in = pc.h * pc.w;
 
-    float acc[RM][RN];
-    for (uint i = 0u; i < RM; i++)
-        for (uint j = 0u; j < RN; j++)
-            acc[i][j] = 0.0;
+    vec4 acc0 = vec4(0.0), acc1 = vec4(0.0), acc2 = vec4(0.0), acc3 = vec4(0.0); // rows of M, N in xyzw
 
     for (uint k0 = 0u; k0 < K; k0 += TK) {
         // weights: adjacent threads read adjacent k of one row
@@ -74,36 +98,17 @@ void main()
         }
         barrier();
         for (uint kk = 0u; kk < TK; kk++) {
-            float a[RM], bv[RN];
-            for (uint i = 0u; i < RM; i++)
-                a[i] = As[kk][ty + i * WM];
-            for (uint j = 0u; j < RN; j++)
-                bv[j] = Bs[kk][tx + j * WN];
-            for (uint i = 0u; i < RM; i++)
-                for (uint j = 0u; j < RN; j++)
-                    acc[i][j] += a[i] * bv[j];
+            vec4 bv = vec4(Bs[kk][tx], Bs[kk][tx + WN], Bs[kk][tx + 2u * WN], Bs[kk][tx + 3u * WN]);
+            acc0 += As[kk][ty] * bv;
+            acc1 += As[kk][ty + WM] * bv;
+            acc2 += As[kk][ty + 2u * WM] * bv;
+            acc3 += As[kk][ty + 3u * WM] * bv;
         }
         barrier();
     }
 
-    for (uint j = 0u; j < RN; j++) {
-        uint gn = n0 + tx + j * WN;
-        if (gn >= pc.n_total)
-            continue;
-        uint b = gn / hw_out, p = gn % hw_out;
-        for (uint i = 0u; i < RM; i++) {
-            uint gm = m0 + ty + i * WM;
-            if (gm >= pc.co)
-                continue;
-            float v = acc[i][j] + float(wt[pc.b_off + gm]);
-            if ((pc.flags & VK_CONV_TEMB) != 0u)
-                v += float(act[pc.temb_off + b * pc.temb_bs + gm]);
-            if ((pc.flags & VK_CONV_RES) != 0u)
-                v += float(act[pc.res_off + b * pc.res_bs + gm * hw_out + p]);
-            v *= pc.scale;
-            if ((pc.flags & VK_CONV_SILU) != 0u)
-                v = v / (1.0 + exp(-v));
-            act[pc.out_off + b * pc.out_bs + gm * hw_out + p] = TO_ACT(v);
-        }
-    }
+    store_row(m0 + ty, acc0, n0 + tx, hw_out);
+    store_row(m0 + ty + WM, acc1, n0 + tx, hw_out);
+    store_row(m0 + ty + 2u * WM, acc2, n0 + tx, hw_out);
+    store_row(m0 + ty + 3u * WM, acc3, n0 + tx, hw_out);
 }

@@ -45,10 +45,13 @@ static uint32_t floor_pow2(uint32_t x)
     return p;
 }
 
-/* The largest workgroup we use: 256 invocations, or fewer when the device allows fewer. */
-static uint32_t max_group(const vk_limits *l)
+/* The workgroup size of the kernels: 256 invocations on GPUs; 64 on CPU devices (lavapipe runs a
+ * workgroup on one thread and pays per invocation at every barrier: 64 measured 3-7x faster than 256
+ * there); never above the device limit. */
+static uint32_t max_group(const vk_context *ctx)
 {
-    uint32_t n = 256;
+    const vk_limits *l = &ctx->limits;
+    uint32_t n = ctx->info.props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU ? 64 : 256;
     if (l->max_invocations < n)
         n = l->max_invocations;
     return floor_pow2(n);
@@ -64,14 +67,14 @@ static ddpm_result create_programs(vk_unet *u)
 
     /* conv: 16 threads along pixels, the rest along channels, 4x4 outputs each; the K slice shrinks
      * until both tiles fit the shared memory. */
-    uint32_t inv = max_group(l);
+    uint32_t inv = max_group(ctx);
     uint32_t wn = 16 < l->max_group_size[0] ? 16 : floor_pow2(l->max_group_size[0]);
     uint32_t wm = inv / wn;
     if (wm > l->max_group_size[1])
         wm = floor_pow2(l->max_group_size[1]);
     if (wm < 1)
         wm = 1;
-    uint32_t rm = 4, rn = 4, tk = 16;
+    uint32_t rm = 4, rn = 4, tk = 16; /* rm, rn: fixed in conv2d.comp */
     while (tk > 1 && (uint64_t)tk * (wm * rm + wn * rn) * 4 > l->max_shared_memory)
         tk /= 2;
     if ((uint64_t)tk * (wm * rm + wn * rn) * 4 > l->max_shared_memory)
@@ -79,13 +82,13 @@ static ddpm_result create_programs(vk_unet *u)
                          l->max_shared_memory);
     u->conv_tm = wm * rm;
     u->conv_tn = wn * rn;
-    uint32_t conv_spec[3] = {rm, rn, tk};
+    uint32_t conv_spec[1] = {tk};
     vk_program_desc cd = {.shader = f16 ? VK_SHADER_conv2d_f16 : VK_SHADER_conv2d_f32,
                           .n_buffers = 2,
                           .push_size = sizeof(vk_conv_push),
                           .local_size = {wn, wm, 1},
                           .spec = conv_spec,
-                          .n_spec = 3,
+                          .n_spec = 1,
                           .max_sets = sets};
     TRY(vk_program_create(ctx, &cd, &u->conv));
 
@@ -123,13 +126,21 @@ static ddpm_result create_programs(vk_unet *u)
         if (u->n_attn == VK_MAX_ATTN_DIMS)
             return ddpm_fail(DDPM_ERR_UNSUPPORTED, "vulkan: more than %d attention head sizes",
                              VK_MAX_ATTN_DIMS);
-        uint32_t lanes = 16 < l->max_group_size[0] ? 16 : floor_pow2(l->max_group_size[0]);
+        /* lanes: 4 channels each, twice (two vec4 accumulators): the fewest powers of two with 8 lanes
+         * >= d, at most the workgroup; the rest of the workgroup takes more queries */
+        uint32_t lanes = 1;
+        while (lanes * 4 < d && lanes < inv && lanes < l->max_group_size[0])
+            lanes *= 2;
+        if (lanes * 8 < d)
+            return ddpm_fail(DDPM_ERR_UNSUPPORTED,
+                             "vulkan: attention head size %u is above %u for this device's workgroup size", d,
+                             lanes * 8);
         uint32_t bq = inv / lanes;
         if (bq > l->max_group_size[1])
             bq = floor_pow2(l->max_group_size[1]);
         if (bq < 1)
             bq = 1;
-        uint32_t bk = 32;
+        uint32_t bk = lanes > 16 ? lanes : 16;
         while (bk > lanes && (uint64_t)bq * bk * 4 > l->max_shared_memory)
             bk /= 2;
         uint32_t spec[2] = {d, bk};
