@@ -1,5 +1,9 @@
 // conv2d.comp: convolution (any k, stride, asymmetric padding) and linear layers as a tiled implicit
 // GEMM: out(Co, B*Ho*Wo) = W(Co, Ci*k*k) x im2col(in), with bias, time embedding, residual, scale fused.
+// GPUs: shared-memory tiles, 4x4 outputs per thread. With -DDDPM_CONV_REG (CPU devices such as
+// lavapipe, whose shared-memory and gathered loads cost a scalar loop per SIMD lane): no shared memory,
+// each invocation holds a 16-channel x 1-pixel register tile and every weight load is uniform across
+// the workgroup (one broadcast load feeds a whole SIMD vector).
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "shared.h"
@@ -33,8 +37,12 @@ layout(push_constant) uniform Push {
     float scale;
 } pc;
 
+#ifndef DDPM_CONV_REG
 shared float As[TK][TM];
 shared float Bs[TK][TN];
+shared int Koff[TK], Ky[TK], Kx[TK]; // per row of the K slice: c * H * W (-1 past K), ky, kx
+
+#endif
 
 // Bias, time embedding, residual, scale and SiLU on one output, then the store.
 void store_one(uint gm, float acc, uint gn, uint hw_out)
@@ -53,6 +61,16 @@ void store_one(uint gm, float acc, uint gn, uint hw_out)
     act[pc.out_off + b * pc.out_bs + gm * hw_out + p] = TO_ACT(v);
 }
 
+// four channels of one pixel
+void store_col(uint gm, vec4 acc, uint gn, uint hw_out)
+{
+    store_one(gm, acc.x, gn, hw_out);
+    store_one(gm + 1u, acc.y, gn, hw_out);
+    store_one(gm + 2u, acc.z, gn, hw_out);
+    store_one(gm + 3u, acc.w, gn, hw_out);
+}
+
+// four pixels of one channel
 void store_row(uint gm, vec4 acc, uint gn, uint hw_out)
 {
     store_one(gm, acc.x, gn, hw_out);
@@ -61,6 +79,7 @@ void store_row(uint gm, vec4 acc, uint gn, uint hw_out)
     store_one(gm, acc.w, gn + 3u * WN, hw_out);
 }
 
+#ifndef DDPM_CONV_REG
 void main()
 {
     uint tx = gl_LocalInvocationID.x, ty = gl_LocalInvocationID.y;
@@ -70,31 +89,44 @@ void main()
     uint K = pc.ci * kk2;
     uint hw_out = pc.ho * pc.wo, hw_in = pc.h * pc.w;
 
+    // The im2col column this thread loads is the same for every K slice (the host makes the
+    // workgroup a multiple of TN): its pixel is decoded once, so the loads need no division.
+    const uint R = nthreads / TN; // rows of a K slice loaded per pass
+    uint ncol = tid % TN, krow = tid / TN;
+    uint gn_load = n0 + ncol;
+    bool col_ok = gn_load < pc.n_total;
+    uint lb = gn_load / hw_out, lp = gn_load % hw_out;
+    uint in_base = pc.in_off + lb * pc.in_bs;
+    int iy0 = int((lp / pc.wo) * pc.stride) - int(pc.pad_t);
+    int ix0 = int((lp % pc.wo) * pc.stride) - int(pc.pad_l);
+
     vec4 acc0 = vec4(0.0), acc1 = vec4(0.0), acc2 = vec4(0.0), acc3 = vec4(0.0); // rows of M, N in xyzw
 
     for (uint k0 = 0u; k0 < K; k0 += TK) {
+        // the K slice's (channel offset, ky, kx), decoded once per slice
+        if (tid < TK) {
+            uint gk = k0 + tid;
+            uint c = gk / kk2, r = gk % kk2;
+            uint ky = r / pc.k;
+            Koff[tid] = gk < K ? int(c * hw_in) : -1;
+            Ky[tid] = int(ky);
+            Kx[tid] = int(r - ky * pc.k);
+        }
         // weights: adjacent threads read adjacent k of one row
         for (uint idx = tid; idx < TK * TM; idx += nthreads) {
             uint m = idx / TK, kk = idx % TK;
             uint gm = m0 + m, gk = k0 + kk;
             As[kk][m] = (gm < pc.co && gk < K) ? float(wt[pc.w_off + gm * K + gk]) : 0.0;
         }
+        barrier();
         // im2col of the input: adjacent threads read adjacent pixels
-        for (uint idx = tid; idx < TK * TN; idx += nthreads) {
-            uint kk = idx / TN, n = idx % TN;
-            uint gk = k0 + kk, gn = n0 + n;
+        for (uint kk = krow; kk < TK; kk += R) {
             float v = 0.0;
-            if (gk < K && gn < pc.n_total) {
-                uint c = gk / kk2, r = gk % kk2;
-                uint ky = r / pc.k, kx = r % pc.k;
-                uint b = gn / hw_out, p = gn % hw_out;
-                uint oy = p / pc.wo, ox = p % pc.wo;
-                int iy = int(oy * pc.stride + ky) - int(pc.pad_t);
-                int ix = int(ox * pc.stride + kx) - int(pc.pad_l);
-                if (iy >= 0 && ix >= 0 && iy < int(pc.h) && ix < int(pc.w))
-                    v = float(act[pc.in_off + b * pc.in_bs + c * hw_in + uint(iy) * pc.w + uint(ix)]);
-            }
-            Bs[kk][n] = v;
+            int koff = Koff[kk];
+            int iy = iy0 + Ky[kk], ix = ix0 + Kx[kk];
+            if (col_ok && koff >= 0 && iy >= 0 && ix >= 0 && iy < int(pc.h) && ix < int(pc.w))
+                v = float(act[in_base + uint(koff) + uint(iy) * pc.w + uint(ix)]);
+            Bs[kk][ncol] = v;
         }
         barrier();
         for (uint kk = 0u; kk < TK; kk++) {
@@ -112,3 +144,79 @@ void main()
     store_row(m0 + ty + 2u * WM, acc2, n0 + tx, hw_out);
     store_row(m0 + ty + 3u * WM, acc3, n0 + tx, hw_out);
 }
+#else
+// Four pixels per invocation (x; strided by the workgroup width so neighbours read neighbours), 8 output
+// channels per workgroup row (y): the weights' addresses do not depend on the invocation (uniform
+// loads), and every input load feeds 8 FMAs, every weight load 4. Loads are unconditional (clamped
+// address, then a select), so the loop has no divergent branch.
+const uint NW = gl_WorkGroupSize.x;
+
+float wload(uint gm, uint gk, uint K)
+{
+    return float(wt[pc.w_off + min(gm, pc.co - 1u) * K + gk]);
+}
+
+// one im2col element of pixel (in_base, iy0, ix0), zero in the padding
+float xload(uint cbase, int iy, int ix)
+{
+    bool inside = iy >= 0 && ix >= 0 && iy < int(pc.h) && ix < int(pc.w);
+    uint a = cbase + uint(clamp(iy, 0, int(pc.h) - 1)) * pc.w + uint(clamp(ix, 0, int(pc.w) - 1));
+    float v = float(act[a]);
+    return inside ? v : 0.0;
+}
+
+void main()
+{
+    uint n0 = gl_WorkGroupID.x * NW * 4u + gl_LocalInvocationID.x;
+    uint m0 = gl_WorkGroupID.y * 8u;
+    uint kk2 = pc.k * pc.k;
+    uint K = pc.ci * kk2;
+    uint hw_out = pc.ho * pc.wo, hw_in = pc.h * pc.w;
+    uint base[4];
+    int iy0[4], ix0[4];
+    for (uint j = 0u; j < 4u; j++) {
+        uint gn = min(n0 + j * NW, pc.n_total - 1u);
+        uint b = gn / hw_out, p = gn % hw_out;
+        base[j] = pc.in_off + b * pc.in_bs;
+        iy0[j] = int((p / pc.wo) * pc.stride) - int(pc.pad_t);
+        ix0[j] = int((p % pc.wo) * pc.stride) - int(pc.pad_l);
+    }
+    uint b0 = base[0], b1 = base[1], b2 = base[2], b3 = base[3];
+    int y0 = iy0[0], y1 = iy0[1], y2 = iy0[2], y3 = iy0[3];
+    int x0 = ix0[0], x1 = ix0[1], x2 = ix0[2], x3 = ix0[3];
+    vec4 a00 = vec4(0.0), a01 = vec4(0.0), a10 = vec4(0.0), a11 = vec4(0.0);
+    vec4 a20 = vec4(0.0), a21 = vec4(0.0), a30 = vec4(0.0), a31 = vec4(0.0);
+    uint gk = 0u;
+    for (uint c = 0u; c < pc.ci; c++) {
+        uint coff = c * hw_in;
+        for (uint ky = 0u; ky < pc.k; ky++) {
+            for (uint kx = 0u; kx < pc.k; kx++, gk++) {
+                vec4 w0 = vec4(wload(m0, gk, K), wload(m0 + 1u, gk, K), wload(m0 + 2u, gk, K), wload(m0 + 3u, gk, K));
+                vec4 w1 = vec4(wload(m0 + 4u, gk, K), wload(m0 + 5u, gk, K), wload(m0 + 6u, gk, K),
+                               wload(m0 + 7u, gk, K));
+                int dy = int(ky), dx = int(kx);
+                float v0 = xload(b0 + coff, y0 + dy, x0 + dx);
+                float v1 = xload(b1 + coff, y1 + dy, x1 + dx);
+                float v2 = xload(b2 + coff, y2 + dy, x2 + dx);
+                float v3 = xload(b3 + coff, y3 + dy, x3 + dx);
+                a00 += v0 * w0;
+                a01 += v0 * w1;
+                a10 += v1 * w0;
+                a11 += v1 * w1;
+                a20 += v2 * w0;
+                a21 += v2 * w1;
+                a30 += v3 * w0;
+                a31 += v3 * w1;
+            }
+        }
+    }
+    store_col(m0, a00, n0, hw_out);
+    store_col(m0 + 4u, a01, n0, hw_out);
+    store_col(m0, a10, n0 + NW, hw_out);
+    store_col(m0 + 4u, a11, n0 + NW, hw_out);
+    store_col(m0, a20, n0 + 2u * NW, hw_out);
+    store_col(m0 + 4u, a21, n0 + 2u * NW, hw_out);
+    store_col(m0, a30, n0 + 3u * NW, hw_out);
+    store_col(m0 + 4u, a31, n0 + 3u * NW, hw_out);
+}
+#endif

@@ -203,7 +203,7 @@ static float round16(float x)
 }
 
 /* Runs graph t on the context for batch B and checks every node against the CPU op. */
-static void run_graph(vk_context *ctx, const char *label, tgraph *t, int B, int fp16)
+static void run_graph(vk_context *ctx, const char *label, tgraph *t, int B, int fp16, int conv)
 {
     ddpm_graph *g = &t->g;
     g->values = t->values;
@@ -230,7 +230,16 @@ static void run_graph(vk_context *ctx, const char *label, tgraph *t, int B, int 
     r = r ? r : vk_buffer_create(ctx, 4, VK_MEM_HOST, "step", &sb);
     r = r ? r : vk_buffer_upload(ctx, &xb, 0, x, (size_t)nin * 4);
     r = r ? r : vk_buffer_upload(ctx, &cb, 0, coef, sizeof coef);
-    vk_unet_desc d = {g, (const float *const *)w, B, fp16, 1, &xb, &ob, &cb, &sb};
+    vk_unet_desc d = {.graph = g,
+                      .weights = (const float *const *)w,
+                      .chunk = B,
+                      .fp16 = fp16,
+                      .keep_all = 1,
+                      .conv = conv,
+                      .x = &xb,
+                      .out = &ob,
+                      .coef = &cb,
+                      .step = &sb};
     r = r ? r : vk_unet_create(ctx, &d, &u);
     CHECK(r == DDPM_OK, "%s: set-up: %s", label, ddpm_last_error());
     float **vals = calloc((size_t)g->n_values, sizeof *vals);
@@ -340,24 +349,28 @@ int main(void)
         printf("device: %s, %s limits: %u B shared, %u invocations, range %u, %u buffers\n", ctx.name,
                baseline ? "baseline" : "default", ctx.limits.max_shared_memory, ctx.limits.max_invocations,
                ctx.limits.max_storage_range, ctx.limits.max_storage_buffers);
-        for (int fp16 = 0; fp16 < 2; fp16++) {
-            if (fp16 && !ctx.limits.storage16) {
-                CHECK(0, "%s has no 16-bit storage: fp16 untested", ctx.name);
-                continue;
+        /* both convolution kernels with the default limits, the shared-memory GEMM (the GPU one) with
+         * the baseline limits */
+        for (int conv = VK_CONV_SHARED; conv <= (baseline ? VK_CONV_SHARED : VK_CONV_REG); conv++) {
+            for (int fp16 = 0; fp16 < 2; fp16++) {
+                if (fp16 && !ctx.limits.storage16) {
+                    CHECK(0, "%s has no 16-bit storage: fp16 untested", ctx.name);
+                    continue;
+                }
+                char label[64];
+                const char *cn = conv == VK_CONV_REG ? "reg" : "gemm";
+                const char *lim = baseline ? "baseline" : "default";
+                tgraph *t = malloc(sizeof *t);
+                snprintf(label, sizeof label, "A %s %s %s", fp16 ? "fp16" : "fp32", lim, cn);
+                build_a(t);
+                run_graph(&ctx, label, t, baseline ? 1 : 3, fp16, conv);
+                tgraph_free(t);
+                snprintf(label, sizeof label, "B %s %s %s", fp16 ? "fp16" : "fp32", lim, cn);
+                build_b(t);
+                run_graph(&ctx, label, t, baseline ? 3 : 1, fp16, conv);
+                tgraph_free(t);
+                free(t);
             }
-            char label[64];
-            tgraph *t = malloc(sizeof *t);
-            snprintf(label, sizeof label, "A %s %s", fp16 ? "fp16" : "fp32",
-                     baseline ? "baseline" : "default");
-            build_a(t);
-            run_graph(&ctx, label, t, baseline ? 1 : 3, fp16);
-            tgraph_free(t);
-            snprintf(label, sizeof label, "B %s %s", fp16 ? "fp16" : "fp32",
-                     baseline ? "baseline" : "default");
-            build_b(t);
-            run_graph(&ctx, label, t, baseline ? 3 : 1, fp16);
-            tgraph_free(t);
-            free(t);
         }
         vk_context_destroy(&ctx);
     }

@@ -75,7 +75,14 @@ static void test_forward(vk_context *ctx, const char *tag, int fp16, const char 
     r = r ? r : vk_buffer_create(ctx, 4, VK_MEM_HOST, "step", &sb);
     r = r ? r : vk_buffer_upload(ctx, &xb, 0, x, (size_t)nx * 4);
     r = r ? r : vk_buffer_upload(ctx, &cb, 0, coef, (size_t)B * DDPM_COEF_STRIDE * 4);
-    vk_unet_desc d = {g, (const float *const *)m->weights, B, fp16, 0, &xb, &ob, &cb, &sb};
+    vk_unet_desc d = {.graph = g,
+                      .weights = (const float *const *)m->weights,
+                      .chunk = B,
+                      .fp16 = fp16,
+                      .x = &xb,
+                      .out = &ob,
+                      .coef = &cb,
+                      .step = &sb};
     r = r ? r : vk_unet_create(ctx, &d, &u);
     for (int b = 0; b < B && r == DDPM_OK; b++) { /* image b alone at offset b, t from row b */
         uint32_t row = (uint32_t)b;
@@ -191,7 +198,13 @@ static void test_pipeline_cache(void)
         r = r ? r : vk_buffer_create(&ctx, nx, VK_MEM_DEVICE, "out", &ob);
         r = r ? r : vk_buffer_create(&ctx, DDPM_COEF_STRIDE * 4, VK_MEM_DEVICE, "coef", &cb);
         r = r ? r : vk_buffer_create(&ctx, 4, VK_MEM_HOST, "step", &sb);
-        vk_unet_desc d = {&m->graph, (const float *const *)m->weights, 1, 0, 0, &xb, &ob, &cb, &sb};
+        vk_unet_desc d = {.graph = &m->graph,
+                          .weights = (const float *const *)m->weights,
+                          .chunk = 1,
+                          .x = &xb,
+                          .out = &ob,
+                          .coef = &cb,
+                          .step = &sb};
         r = r ? r : vk_unet_create(&ctx, &d, &u);
         CHECK(r == DDPM_OK, "run %d: pipelines %s cache: %s", run + 1, run ? "from the" : "into the",
               ddpm_last_error());

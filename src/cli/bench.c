@@ -97,7 +97,15 @@ static ddpm_result layers_vk(const ddpm_model *m, int B, const char *device, int
     TRY(vk_buffer_create(&ctx, 4, VK_MEM_HOST, "step", &step));
     TRY(vk_buffer_upload(&ctx, &coef, 0, coef_row, sizeof coef_row));
     memset(step.mapped, 0, 4);
-    vk_unet_desc d = {g, (const float *const *)m->weights, B, fp16, 1, &x, &out, &coef, &step};
+    vk_unet_desc d = {.graph = g,
+                      .weights = (const float *const *)m->weights,
+                      .chunk = B,
+                      .fp16 = fp16,
+                      .keep_all = 1,
+                      .x = &x,
+                      .out = &out,
+                      .coef = &coef,
+                      .step = &step};
     TRY(vk_unet_create(&ctx, &d, &u));
     TRY(vk_cmd_alloc(&ctx, &cmd));
     VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};

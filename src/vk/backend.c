@@ -216,6 +216,9 @@ ddpm_result vk_backend_create(const ddpm_model *m, const sampler_plan *p, const 
                  vb->chunk == 1 ? "" : "s", (double)est.total / 1048576.0, (double)est.weights / 1048576.0,
                  (double)est.activations / 1048576.0);
         o->log(o->user, msg);
+    }
+    if (o->log && o->verbose) {
+        char msg[1600];
         snprintf(msg, sizeof msg,
                  "vulkan: %u pipelines in %.1f ms (%u from the pipeline cache, %zu bytes loaded%s%s), set-up "
                  "%.1f ms",

@@ -29,9 +29,11 @@ struct vk_unet {
     int *param_arena;
     int64_t *param_off;
     vk_program conv, groupnorm, time_embed, eltwise;
+    vk_program conv_narrow; /* register-tile conv with a 16-wide workgroup, for small images */
     attn_prog attn[VK_MAX_ATTN_DIMS];
     int n_attn;
     uint32_t conv_tm, conv_tn; /* output tile of one conv workgroup */
+    int conv_reg;              /* the register-tile conv (CPU devices), else the shared-memory GEMM */
     /* hazard tracking while recording: arena ranges written / read since the last barrier */
     int64_t (*pend_w)[2], (*pend_r)[2];
     int n_pend_w, n_pend_r, cap_pend;
@@ -68,28 +70,40 @@ static ddpm_result create_programs(vk_unet *u)
     /* conv: 16 threads along pixels, the rest along channels, 4x4 outputs each; the K slice shrinks
      * until both tiles fit the shared memory. */
     uint32_t inv = max_group(ctx);
-    uint32_t wn = 16 < l->max_group_size[0] ? 16 : floor_pow2(l->max_group_size[0]);
-    uint32_t wm = inv / wn;
-    if (wm > l->max_group_size[1])
-        wm = floor_pow2(l->max_group_size[1]);
-    if (wm < 1)
-        wm = 1;
-    uint32_t rm = 4, rn = 4, tk = 16; /* rm, rn: fixed in conv2d.comp */
-    while (tk > 1 && (uint64_t)tk * (wm * rm + wn * rn) * 4 > l->max_shared_memory)
-        tk /= 2;
-    if ((uint64_t)tk * (wm * rm + wn * rn) * 4 > l->max_shared_memory)
-        return ddpm_fail(DDPM_ERR_UNSUPPORTED, "vulkan: %u bytes of shared memory are too few",
-                         l->max_shared_memory);
-    u->conv_tm = wm * rm;
-    u->conv_tn = wn * rn;
-    uint32_t conv_spec[1] = {tk};
-    vk_program_desc cd = {.shader = f16 ? VK_SHADER_conv2d_f16 : VK_SHADER_conv2d_f32,
-                          .n_buffers = 2,
-                          .push_size = sizeof(vk_conv_push),
-                          .local_size = {wn, wm, 1},
-                          .spec = conv_spec,
-                          .n_spec = 1,
-                          .max_sets = sets};
+    vk_program_desc cd = {.n_buffers = 2, .push_size = sizeof(vk_conv_push), .max_sets = sets};
+    uint32_t conv_spec[1] = {16};
+    if (u->conv_reg) {
+        /* CPU devices: 4 pixels per invocation, 8 channels per workgroup row, no shared memory */
+        cd.shader = f16 ? VK_SHADER_conv2d_reg_f16 : VK_SHADER_conv2d_reg_f32;
+        cd.local_size[0] = inv;
+        cd.local_size[1] = 1;
+        u->conv_tm = 8;
+        u->conv_tn = 4 * inv;
+        vk_program_desc nd = cd;
+        nd.local_size[0] = inv < 16 ? inv : 16;
+        TRY(vk_program_create(ctx, &nd, &u->conv_narrow));
+    } else {
+        /* threads: wm (a multiple of 4, so the workgroup is a multiple of the 4 wn-wide pixel tile)
+         * along channels, wn along pixels; 4x4 outputs each */
+        uint32_t wm = inv >= 64 ? inv / 16 : 4, wn = inv / wm;
+        if (wn > l->max_group_size[0] || wm > l->max_group_size[1] || wn < 1)
+            return ddpm_fail(DDPM_ERR_UNSUPPORTED, "vulkan: workgroup %ux%u exceeds the device", wn, wm);
+        uint32_t rm = 4, rn = 4, tk = 16; /* rm, rn: fixed in conv2d.comp */
+        /* shared: the A and B tiles plus 3 ints per K row; tk stays a multiple of the rows per load pass */
+        while (tk > wm / 4 && (uint64_t)tk * (wm * rm + wn * rn + 3) * 4 > l->max_shared_memory)
+            tk /= 2;
+        if ((uint64_t)tk * (wm * rm + wn * rn + 3) * 4 > l->max_shared_memory || tk < wm / 4 || tk < 1)
+            return ddpm_fail(DDPM_ERR_UNSUPPORTED, "vulkan: %u bytes of shared memory are too few",
+                             l->max_shared_memory);
+        cd.shader = f16 ? VK_SHADER_conv2d_f16 : VK_SHADER_conv2d_f32;
+        cd.local_size[0] = wn;
+        cd.local_size[1] = wm;
+        conv_spec[0] = tk;
+        cd.spec = conv_spec;
+        cd.n_spec = 1;
+        u->conv_tm = wm * rm;
+        u->conv_tn = wn * rn;
+    }
     TRY(vk_program_create(ctx, &cd, &u->conv));
 
     vk_program_desc gd = {.shader = f16 ? VK_SHADER_groupnorm_f16 : VK_SHADER_groupnorm_f32,
@@ -165,6 +179,8 @@ static ddpm_result bind_programs(vk_unet *u, const vk_unet_desc *d)
     for (int a = 0; a < u->n_warena; a++) {
         const vk_buffer *bufs[2] = {&u->arena, &u->warena[a]};
         TRY(vk_program_bind(ctx, &u->conv, (uint32_t)a, bufs));
+        if (u->conv_narrow.pipeline)
+            TRY(vk_program_bind(ctx, &u->conv_narrow, (uint32_t)a, bufs));
         TRY(vk_program_bind(ctx, &u->groupnorm, (uint32_t)a, bufs));
     }
     const vk_buffer *tb[3] = {&u->arena, d->coef, d->step};
@@ -233,6 +249,8 @@ ddpm_result vk_unet_create(vk_context *ctx, const vk_unet_desc *d, vk_unet **out
     u->chunk = d->chunk;
     u->fp16 = d->fp16;
     u->elem = d->fp16 ? 2 : 4;
+    u->conv_reg = d->conv == VK_CONV_REG ||
+                  (d->conv == VK_CONV_AUTO && ctx->info.props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU);
     int64_t arena_elems[VK_MAX_WEIGHT_ARENAS];
     u->param_arena = ddpm_calloc((size_t)g->n_params, sizeof *u->param_arena);
     u->param_off = ddpm_calloc((size_t)g->n_params, sizeof *u->param_off);
@@ -277,6 +295,7 @@ void vk_unet_destroy(vk_unet *u)
     if (ctx->device)
         vkDeviceWaitIdle(ctx->device);
     vk_program_destroy(ctx, &u->conv);
+    vk_program_destroy(ctx, &u->conv_narrow);
     vk_program_destroy(ctx, &u->groupnorm);
     vk_program_destroy(ctx, &u->time_embed);
     vk_program_destroy(ctx, &u->eltwise);
@@ -441,9 +460,15 @@ static ddpm_result record_node(vk_unet *u, VkCommandBuffer cmd, int i, int n_img
             }
         }
         p.n_total = nb * p.ho * p.wo;
-        uint32_t gx = ceil_div(p.n_total, u->conv_tn), gy = ceil_div(p.co, u->conv_tm);
-        TRY(vk_program_dispatch(u->ctx, cmd, &u->conv, set, &p, sizeof p, gx * u->conv.local_size[0],
-                                gy * u->conv.local_size[1], 1));
+        const vk_program *prog = &u->conv;
+        uint32_t tn = u->conv_tn;
+        if (u->conv_narrow.pipeline && p.n_total * 2 <= u->conv_tn) { /* most of a wide tile would idle */
+            prog = &u->conv_narrow;
+            tn = 4 * u->conv_narrow.local_size[0];
+        }
+        uint32_t gx = ceil_div(p.n_total, tn), gy = ceil_div(p.co, u->conv_tm);
+        TRY(vk_program_dispatch(u->ctx, cmd, prog, set, &p, sizeof p, gx * prog->local_size[0],
+                                gy * prog->local_size[1], 1));
         break;
     }
     case OP_SILU:

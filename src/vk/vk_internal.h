@@ -306,12 +306,16 @@ typedef struct vk_eltwise_push {
 
 typedef struct vk_unet vk_unet;
 
+enum { VK_CONV_AUTO = 0, VK_CONV_SHARED, VK_CONV_REG };
+
 typedef struct vk_unet_desc {
     const ddpm_graph *graph;
     const float *const *weights; /* float32, per graph param */
     int chunk;                   /* images per evaluation (the arena is planned for this many) */
     int fp16;                    /* fp16 storage of activations and weights (needs storage16) */
     int keep_all;                /* no memory reuse: every value can be downloaded (tests) */
+    int conv;                    /* VK_CONV_AUTO (register tiles on CPU devices, else shared-memory
+                                  * tiles), VK_CONV_SHARED or VK_CONV_REG (tests run both) */
     /* The float32 input x (n, in) and output (n, out) buffers, the coefficient table and the step index
      * (TIME_EMBED reads t = coef[step * DDPM_COEF_STRIDE + DDPM_COEF_T]). */
     const vk_buffer *x, *out, *coef, *step;
