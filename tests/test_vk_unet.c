@@ -124,6 +124,70 @@ static void test_forward(vk_context *ctx, const char *tag, int fp16, const char 
     ddpm_model_free(m);
 }
 
+/* Five images through a U-Net planned for chunks of two, recorded as three chunks into one command
+ * buffer (as a step does when a batch's activations exceed the buffer range), against the CPU. */
+static void test_chunks(vk_context *ctx)
+{
+    ddpm_model *m = NULL;
+    ddpm_result r = ddpm_model_load(test_fixture_path("unet_b.safetensors"), &m);
+    CHECK(r == DDPM_OK, "load: %s", ddpm_last_error());
+    if (r != DDPM_OK)
+        return;
+    const ddpm_graph *g = &m->graph;
+    enum { N = 5, CHUNK = 2 };
+    int64_t per = value_numel(&g->values[g->input]), nx = N * per;
+    float *x = malloc((size_t)nx * 4), *got = malloc((size_t)nx * 4), *want = malloc((size_t)nx * 4);
+    float t[N], coef[DDPM_COEF_STRIDE] = {0};
+    uint64_t st = 99;
+    for (int64_t i = 0; i < nx; i++) {
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        x[i] = (float)((st >> 40) * (2.0 / 16777216.0) - 1.0);
+    }
+    for (int b = 0; b < N; b++)
+        t[b] = 917.0f;
+    coef[DDPM_COEF_T] = 917.0f;
+    vk_buffer xb = {0}, ob = {0}, cb = {0}, sb = {0};
+    vk_unet *u = NULL;
+    VkCommandBuffer cmd = VK_NULL_HANDLE;
+    r = vk_buffer_create(ctx, (size_t)nx * 4, VK_MEM_DEVICE, "x", &xb);
+    r = r ? r : vk_buffer_create(ctx, (size_t)nx * 4, VK_MEM_DEVICE, "out", &ob);
+    r = r ? r : vk_buffer_create(ctx, sizeof coef, VK_MEM_DEVICE, "coef", &cb);
+    r = r ? r : vk_buffer_create(ctx, 4, VK_MEM_HOST, "step", &sb);
+    r = r ? r : vk_buffer_upload(ctx, &xb, 0, x, (size_t)nx * 4);
+    r = r ? r : vk_buffer_upload(ctx, &cb, 0, coef, sizeof coef);
+    if (r == DDPM_OK)
+        memset(sb.mapped, 0, 4);
+    vk_unet_desc d = {.graph = g,
+                      .weights = (const float *const *)m->weights,
+                      .chunk = CHUNK,
+                      .x = &xb,
+                      .out = &ob,
+                      .coef = &cb,
+                      .step = &sb};
+    r = r ? r : vk_unet_create(ctx, &d, &u);
+    r = r ? r : vk_oneshot_begin(ctx, &cmd);
+    for (int first = 0; first < N && r == DDPM_OK; first += CHUNK)
+        r = vk_unet_record(u, cmd, first, N - first < CHUNK ? N - first : CHUNK);
+    if (r == DDPM_OK)
+        vk_barrier_from_compute(cmd);
+    r = r ? r : vk_oneshot_end(ctx);
+    r = r ? r : vk_buffer_download(ctx, &ob, 0, got, (size_t)nx * 4);
+    CHECK(r == DDPM_OK, "chunks: %s", ddpm_last_error());
+    r = cpu_unet_forward(g, (const float *const *)m->weights, N, x, t, want);
+    CHECK(r == DDPM_OK && test_close("unet_b, 5 images in chunks of 2 in one command buffer vs CPU", got,
+                                     want, nx, FWD32, FWD32),
+          "chunked U-Net");
+    vk_unet_destroy(u);
+    vk_buffer_destroy(ctx, &xb);
+    vk_buffer_destroy(ctx, &ob);
+    vk_buffer_destroy(ctx, &cb);
+    vk_buffer_destroy(ctx, &sb);
+    free(x);
+    free(got);
+    free(want);
+    ddpm_model_free(m);
+}
+
 /* A full sampling run on Vulkan and on the CPU with the same seed. */
 static void test_sampling(const char *tag, ddpm_sampler_kind kind, int steps, int n, int precision,
                           int baseline)
@@ -298,6 +362,7 @@ int main(void)
         if (ctx.limits.storage16)
             test_forward(&ctx, tags[i], 1, "fp16");
     }
+    test_chunks(&ctx);
     vk_context_destroy(&ctx);
     r = vk_context_create(spec, &ctx);
     if (r == DDPM_OK) {
