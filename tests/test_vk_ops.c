@@ -236,6 +236,7 @@ static void run_graph(vk_context *ctx, const char *label, tgraph *t, int B, int 
                       .fp16 = fp16,
                       .keep_all = 1,
                       .conv = conv,
+                      .group = conv == VK_CONV_SHARED ? 256 : 0, /* the GPU configuration */
                       .x = &xb,
                       .out = &ob,
                       .coef = &cb,
@@ -350,7 +351,8 @@ int main(void)
                baseline ? "baseline" : "default", ctx.limits.max_shared_memory, ctx.limits.max_invocations,
                ctx.limits.max_storage_range, ctx.limits.max_storage_buffers);
         /* both convolution kernels with the default limits, the shared-memory GEMM (the GPU one) with
-         * the baseline limits */
+         * the baseline limits; the GEMM runs with 256-invocation workgroups as on a GPU (capped at 128
+         * by the baseline limits), the register kernel with lavapipe's 64 */
         for (int conv = VK_CONV_SHARED; conv <= (baseline ? VK_CONV_SHARED : VK_CONV_REG); conv++) {
             for (int fp16 = 0; fp16 < 2; fp16++) {
                 if (fp16 && !ctx.limits.storage16) {

@@ -34,6 +34,7 @@ struct vk_unet {
     int n_attn;
     uint32_t conv_tm, conv_tn; /* output tile of one conv workgroup */
     int conv_reg;              /* the register-tile conv (CPU devices), else the shared-memory GEMM */
+    uint32_t group;            /* vk_unet_desc.group */
     /* hazard tracking while recording: arena ranges written / read since the last barrier */
     int64_t (*pend_w)[2], (*pend_r)[2];
     int n_pend_w, n_pend_r, cap_pend;
@@ -50,10 +51,10 @@ static uint32_t floor_pow2(uint32_t x)
 /* The workgroup size of the kernels: 256 invocations on GPUs; 64 on CPU devices (lavapipe runs a
  * workgroup on one thread and pays per invocation at every barrier: 64 measured 3-7x faster than 256
  * there); never above the device limit. */
-static uint32_t max_group(const vk_context *ctx)
+static uint32_t max_group(const vk_context *ctx, uint32_t asked)
 {
     const vk_limits *l = &ctx->limits;
-    uint32_t n = ctx->info.props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU ? 64 : 256;
+    uint32_t n = asked ? asked : ctx->info.props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU ? 64 : 256;
     if (l->max_invocations < n)
         n = l->max_invocations;
     return floor_pow2(n);
@@ -69,7 +70,7 @@ static ddpm_result create_programs(vk_unet *u)
 
     /* conv: 16 threads along pixels, the rest along channels, 4x4 outputs each; the K slice shrinks
      * until both tiles fit the shared memory. */
-    uint32_t inv = max_group(ctx);
+    uint32_t inv = max_group(ctx, u->group);
     vk_program_desc cd = {.n_buffers = 2, .push_size = sizeof(vk_conv_push), .max_sets = sets};
     uint32_t conv_spec[1] = {16};
     if (u->conv_reg) {
@@ -249,6 +250,7 @@ ddpm_result vk_unet_create(vk_context *ctx, const vk_unet_desc *d, vk_unet **out
     u->chunk = d->chunk;
     u->fp16 = d->fp16;
     u->elem = d->fp16 ? 2 : 4;
+    u->group = d->group;
     u->conv_reg = d->conv == VK_CONV_REG ||
                   (d->conv == VK_CONV_AUTO && ctx->info.props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU);
     int64_t arena_elems[VK_MAX_WEIGHT_ARENAS];

@@ -316,6 +316,8 @@ typedef struct vk_unet_desc {
     int keep_all;                /* no memory reuse: every value can be downloaded (tests) */
     int conv;                    /* VK_CONV_AUTO (register tiles on CPU devices, else shared-memory
                                   * tiles), VK_CONV_SHARED or VK_CONV_REG (tests run both) */
+    uint32_t group;              /* workgroup invocations; 0: 256 on GPUs, 64 on CPU devices (tests set
+                                  * 256 to run the GPU configuration on lavapipe); capped by the device */
     /* The float32 input x (n, in) and output (n, out) buffers, the coefficient table and the step index
      * (TIME_EMBED reads t = coef[step * DDPM_COEF_STRIDE + DDPM_COEF_T]). */
     const vk_buffer *x, *out, *coef, *step;
