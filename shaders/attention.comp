@@ -1,17 +1,20 @@
 // attention.comp: softmax(q k^T / sqrt(d)) v per head without the score matrix: each workgroup takes
-// BQ queries of one head and streams the keys in tiles of BK with an online (running-max) softmax.
+// 4 queries of one head and streams the keys in tiles of L (one key per invocation) with an online
+// (running-max) softmax; only a 4 x L tile of scores ever exists, in shared memory.
 #version 450
 #extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_control_flow_attributes : require
 #include "shared.h"
 #include "tensor.glsl"
 
-// x: lanes sharing one query, y: queries. Lane l owns channels 4l..4l+3 and 4(l+L)..4(l+L)+3 (two vec4
-// accumulators, fixed so they stay in registers): the host makes 8 L >= D.
-layout(local_size_x_id = 0, local_size_y_id = 1) in;
-layout(constant_id = 3) const uint D = 64;  // head dimension
-layout(constant_id = 4) const uint BK = 32; // keys per tile, a multiple of L
+// L invocations: for the scores, invocation l takes key j0 + l; for the output, channels l, l + L, ...
+// (at most 8 per invocation: the host makes 8 L >= D). The 4 queries' loads are the same for every
+// invocation (uniform), so each key or value load feeds 4 FMAs.
+layout(local_size_x_id = 0) in;
+layout(constant_id = 3) const uint D = 64; // head dimension
 const uint L = gl_WorkGroupSize.x;
-const uint BQ = gl_WorkGroupSize.y;
+#define QB 4u   // queries per workgroup
+#define MAXC 8u // channels per invocation
 
 layout(std430, binding = 0) buffer Act { ACT_T act[]; };
 
@@ -22,89 +25,85 @@ layout(push_constant) uniform Push {
     float scale; // 1 / sqrt(D)
 } pc;
 
-shared float S[BQ][BK];
+shared float S[QB][L]; // scores of the tile
+shared float P[QB][L]; // their exp(score - running max)
 
 const float NEG_BIG = -3.0e38;
 
-// x[c0 .. c0+3, j], zero past D (D is a multiple of 4 in every DDPM model: then no branch survives)
-float ld(uint base, uint c, uint j)
-{
-    return c < D ? float(act[base + c * pc.hw + j]) : 0.0;
-}
-
-vec4 load4(uint base, uint c0, uint j)
-{
-    return vec4(ld(base, c0, j), ld(base, c0 + 1u, j), ld(base, c0 + 2u, j), ld(base, c0 + 3u, j));
-}
-
-void st(uint base, uint c, uint i, float v)
-{
-    if (c < D)
-        act[base + c * pc.hw + i] = TO_ACT(v);
-}
-
-void store4(uint base, uint c0, uint i, vec4 v)
-{
-    st(base, c0, i, v.x);
-    st(base, c0 + 1u, i, v.y);
-    st(base, c0 + 2u, i, v.z);
-    st(base, c0 + 3u, i, v.w);
-}
-
 void main()
 {
-    uint lane = gl_LocalInvocationID.x, ql = gl_LocalInvocationID.y;
-    uint i = gl_WorkGroupID.x * BQ + ql;
+    uint lane = gl_LocalInvocationID.x;
+    uint i0 = gl_WorkGroupID.x * QB;
     uint head = gl_WorkGroupID.y, b = gl_WorkGroupID.z;
-    bool valid = i < pc.hw;
     uint hoff = head * D * pc.hw;
     uint qb = pc.q_off + b * pc.q_bs + hoff;
     uint kb = pc.k_off + b * pc.k_bs + hoff;
     uint vb = pc.v_off + b * pc.v_bs + hoff;
     uint ob = pc.out_off + b * pc.out_bs + hoff;
-    uint c0 = 4u * lane, c1 = 4u * (lane + L);
+    uint last = pc.hw - 1u;
+    uint qi0 = min(i0, last), qi1 = min(i0 + 1u, last), qi2 = min(i0 + 2u, last), qi3 = min(i0 + 3u, last);
 
-    float m = NEG_BIG, l = 0.0;
-    vec4 acc0 = vec4(0.0), acc1 = vec4(0.0);
+    vec4 m = vec4(NEG_BIG), l = vec4(0.0); // per query: running max and normaliser
+    vec4 acc[MAXC];                          // acc[r][q]: channel lane + r L of query i0 + q
+    [[unroll]] for (uint r = 0u; r < MAXC; r++)
+        acc[r] = vec4(0.0);
 
-    for (uint j0 = 0u; j0 < pc.hw; j0 += BK) {
-        for (uint jj = lane; jj < BK; jj += L) {
-            uint j = j0 + jj;
-            float s = NEG_BIG;
-            if (valid && j < pc.hw) {
-                float d = 0.0;
-                for (uint c = 0u; c < D; c++)
-                    d += float(act[qb + c * pc.hw + i]) * float(act[kb + c * pc.hw + j]);
-                s = d * pc.scale;
-            }
-            S[ql][jj] = s;
+    for (uint j0 = 0u; j0 < pc.hw; j0 += L) {
+        uint j = j0 + lane;
+        uint jc = min(j, last);
+        vec4 s = vec4(0.0);
+        for (uint c = 0u; c < D; c++) {
+            uint row = c * pc.hw;
+            float kv = float(act[kb + row + jc]);
+            s += kv * vec4(float(act[qb + row + qi0]), float(act[qb + row + qi1]), float(act[qb + row + qi2]),
+                           float(act[qb + row + qi3]));
         }
+        s = j < pc.hw ? s * pc.scale : vec4(NEG_BIG);
+        S[0][lane] = s.x;
+        S[1][lane] = s.y;
+        S[2][lane] = s.z;
+        S[3][lane] = s.w;
         barrier();
-        uint nk = min(BK, pc.hw - j0);
-        float mt = m;
-        for (uint jj = 0u; jj < nk; jj++)
-            mt = max(mt, S[ql][jj]);
-        float alpha = exp(m - mt);
-        l *= alpha;
-        acc0 *= alpha;
-        acc1 *= alpha;
-        for (uint jj = 0u; jj < nk; jj++) {
-            float p = exp(S[ql][jj] - mt);
-            l += p;
-            uint j = j0 + jj;
-            if (c0 < D)
-                acc0 += p * load4(vb, c0, j);
-            if (c1 < D)
-                acc1 += p * load4(vb, c1, j);
-        }
+        vec4 mt = m;
+        for (uint jj = 0u; jj < L; jj++)
+            mt = max(mt, vec4(S[0][jj], S[1][jj], S[2][jj], S[3][jj]));
+        vec4 p = exp(s - mt);
+        P[0][lane] = p.x;
+        P[1][lane] = p.y;
+        P[2][lane] = p.z;
+        P[3][lane] = p.w;
+        vec4 alpha = exp(m - mt);
         m = mt;
+        l *= alpha;
+        [[unroll]] for (uint r = 0u; r < MAXC; r++)
+            acc[r] *= alpha;
+        barrier();
+        uint nk = min(L, pc.hw - j0);
+        for (uint jj = 0u; jj < nk; jj++) {
+            vec4 pj = vec4(P[0][jj], P[1][jj], P[2][jj], P[3][jj]);
+            l += pj;
+            [[unroll]] for (uint r = 0u; r < MAXC; r++) {
+                uint c = lane + r * L;
+                if (r * L < D && c < D)
+                    acc[r] += pj * float(act[vb + c * pc.hw + j0 + jj]);
+            }
+        }
         barrier();
     }
-    if (!valid)
-        return;
-    float inv = 1.0 / l;
-    if (c0 < D)
-        store4(ob, c0, i, acc0 * inv);
-    if (c1 < D)
-        store4(ob, c1, i, acc1 * inv);
+    vec4 inv = 1.0 / l;
+    [[unroll]] for (uint r = 0u; r < MAXC; r++) {
+        uint c = lane + r * L;
+        if (r * L < D && c < D) {
+            vec4 o = acc[r] * inv;
+            uint base = ob + c * pc.hw;
+            if (i0 < pc.hw)
+                act[base + i0] = TO_ACT(o.x);
+            if (i0 + 1u < pc.hw)
+                act[base + i0 + 1u] = TO_ACT(o.y);
+            if (i0 + 2u < pc.hw)
+                act[base + i0 + 2u] = TO_ACT(o.z);
+            if (i0 + 3u < pc.hw)
+                act[base + i0 + 3u] = TO_ACT(o.w);
+        }
+    }
 }

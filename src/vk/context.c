@@ -547,9 +547,11 @@ static int mkdir_p(char *path)
 
 void vk_context_save_cache(vk_context *ctx)
 {
+    /* nothing new since the last save, or every pipeline came from the cache: nothing to write */
     if (!ctx->device || !ctx->pipeline_cache || !ctx->cache_path[0] || ctx->pipelines_created == 0 ||
-        ctx->pipelines_cached == ctx->pipelines_created)
+        ctx->pipelines_cached == ctx->pipelines_created || ctx->cache_saved_at == ctx->pipelines_created)
         return;
+    ctx->cache_saved_at = ctx->pipelines_created;
     size_t size = 0;
     if (vkGetPipelineCacheData(ctx->device, ctx->pipeline_cache, &size, NULL) != VK_SUCCESS || size == 0)
         return;

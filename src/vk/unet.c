@@ -141,30 +141,23 @@ static ddpm_result create_programs(vk_unet *u)
         if (u->n_attn == VK_MAX_ATTN_DIMS)
             return ddpm_fail(DDPM_ERR_UNSUPPORTED, "vulkan: more than %d attention head sizes",
                              VK_MAX_ATTN_DIMS);
-        /* lanes: 4 channels each, twice (two vec4 accumulators): the fewest powers of two with 8 lanes
-         * >= d, at most the workgroup; the rest of the workgroup takes more queries */
-        uint32_t lanes = 1;
-        while (lanes * 4 < d && lanes < inv && lanes < l->max_group_size[0])
-            lanes *= 2;
+        /* 64 invocations (fewer on a narrow device): one key each for the scores, up to 8 channels
+         * each for the output; 4 queries per workgroup (fixed in attention.comp) */
+        uint32_t lanes = inv < 64 ? inv : 64;
         if (lanes * 8 < d)
             return ddpm_fail(DDPM_ERR_UNSUPPORTED,
                              "vulkan: attention head size %u is above %u for this device's workgroup size", d,
                              lanes * 8);
-        uint32_t bq = inv / lanes;
-        if (bq > l->max_group_size[1])
-            bq = floor_pow2(l->max_group_size[1]);
-        if (bq < 1)
-            bq = 1;
-        uint32_t bk = lanes > 16 ? lanes : 16;
-        while (bk > lanes && (uint64_t)bq * bk * 4 > l->max_shared_memory)
-            bk /= 2;
-        uint32_t spec[2] = {d, bk};
+        if ((uint64_t)2 * 4 * lanes * 4 > l->max_shared_memory)
+            return ddpm_fail(DDPM_ERR_UNSUPPORTED, "vulkan: %u bytes of shared memory are too few",
+                             l->max_shared_memory);
+        uint32_t spec[1] = {d};
         vk_program_desc ad = {.shader = f16 ? VK_SHADER_attention_f16 : VK_SHADER_attention_f32,
                               .n_buffers = 1,
                               .push_size = sizeof(vk_attention_push),
-                              .local_size = {lanes, bq, 1},
+                              .local_size = {lanes, 1, 1},
                               .spec = spec,
-                              .n_spec = 2};
+                              .n_spec = 1};
         u->attn[u->n_attn].d = d;
         TRY(vk_program_create(ctx, &ad, &u->attn[u->n_attn].prog));
         u->n_attn++;
@@ -521,9 +514,8 @@ static ddpm_result record_node(vk_unet *u, VkCommandBuffer cmd, int i, int n_img
                                bs32(u, n->in[1]),     off32(u, n->in[2]), bs32(u, n->in[2]),
                                off32(u, n->out),      bs32(u, n->out),    hw,
                                1.0f / sqrtf((float)d)};
-        uint32_t bq = prog->local_size[1];
-        TRY(vk_program_dispatch(u->ctx, cmd, prog, 0, &p, sizeof p, ceil_div(hw, bq) * prog->local_size[0],
-                                heads * bq, nb));
+        TRY(vk_program_dispatch(u->ctx, cmd, prog, 0, &p, sizeof p, ceil_div(hw, 4) * prog->local_size[0],
+                                heads, nb));
         break;
     }
     case OP_CONCAT: break; /* its inputs were written in place */

@@ -110,6 +110,7 @@ typedef struct vk_context {
     size_t cache_loaded;            /* bytes read from the cache file (0: none) */
     uint32_t pipelines_created;     /* compute pipelines created in this context */
     uint32_t pipelines_cached;      /* of those, reported as cache hits by pipeline creation feedback */
+    uint32_t cache_saved_at;        /* pipelines_created when the cache file was last written */
     int creation_feedback;          /* VK_EXT_pipeline_creation_feedback is on */
     double pipeline_ms;             /* time spent creating pipelines */
     VkCommandBuffer cmd;            /* one-shot work: staging copies, ad-hoc dispatches */
