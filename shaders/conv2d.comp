@@ -6,6 +6,7 @@
 // the workgroup (one broadcast load feeds a whole SIMD vector).
 #version 450
 #extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_control_flow_attributes : require
 #include "shared.h"
 #include "tensor.glsl"
 
@@ -145,10 +146,12 @@ void main()
     store_row(m0 + ty + 3u * WM, acc3, n0 + tx, hw_out);
 }
 #else
-// Four pixels per invocation (x; strided by the workgroup width so neighbours read neighbours), 8 output
+// RP pixels per invocation (x; strided by the workgroup width so neighbours read neighbours), 4 RC output
 // channels per workgroup row (y): the weights' addresses do not depend on the invocation (uniform
-// loads), and every input load feeds 8 FMAs, every weight load 4. Loads are unconditional (clamped
+// loads), every input load feeds 4 RC FMAs, every weight load RP. Loads are unconditional (clamped
 // address, then a select), so the loop has no divergent branch.
+#define RP VK_CONV_REG_RP
+#define RC VK_CONV_REG_RC
 const uint NW = gl_WorkGroupSize.x;
 
 float wload(uint gm, uint gk, uint K)
@@ -156,7 +159,7 @@ float wload(uint gm, uint gk, uint K)
     return float(wt[pc.w_off + min(gm, pc.co - 1u) * K + gk]);
 }
 
-// one im2col element of pixel (in_base, iy0, ix0), zero in the padding
+// one im2col element, zero in the padding
 float xload(uint cbase, int iy, int ix)
 {
     bool inside = iy >= 0 && ix >= 0 && iy < int(pc.h) && ix < int(pc.w);
@@ -167,56 +170,43 @@ float xload(uint cbase, int iy, int ix)
 
 void main()
 {
-    uint n0 = gl_WorkGroupID.x * NW * 4u + gl_LocalInvocationID.x;
-    uint m0 = gl_WorkGroupID.y * 8u;
+    uint n0 = gl_WorkGroupID.x * NW * RP + gl_LocalInvocationID.x;
+    uint m0 = gl_WorkGroupID.y * 4u * RC;
     uint kk2 = pc.k * pc.k;
     uint K = pc.ci * kk2;
     uint hw_out = pc.ho * pc.wo, hw_in = pc.h * pc.w;
-    uint base[4];
-    int iy0[4], ix0[4];
-    for (uint j = 0u; j < 4u; j++) {
+    uint base[RP];
+    int iy0[RP], ix0[RP];
+    vec4 acc[RP][RC];
+    [[unroll]] for (uint j = 0u; j < RP; j++) {
         uint gn = min(n0 + j * NW, pc.n_total - 1u);
         uint b = gn / hw_out, p = gn % hw_out;
         base[j] = pc.in_off + b * pc.in_bs;
         iy0[j] = int((p / pc.wo) * pc.stride) - int(pc.pad_t);
         ix0[j] = int((p % pc.wo) * pc.stride) - int(pc.pad_l);
+        [[unroll]] for (uint r = 0u; r < RC; r++)
+            acc[j][r] = vec4(0.0);
     }
-    uint b0 = base[0], b1 = base[1], b2 = base[2], b3 = base[3];
-    int y0 = iy0[0], y1 = iy0[1], y2 = iy0[2], y3 = iy0[3];
-    int x0 = ix0[0], x1 = ix0[1], x2 = ix0[2], x3 = ix0[3];
-    vec4 a00 = vec4(0.0), a01 = vec4(0.0), a10 = vec4(0.0), a11 = vec4(0.0);
-    vec4 a20 = vec4(0.0), a21 = vec4(0.0), a30 = vec4(0.0), a31 = vec4(0.0);
     uint gk = 0u;
     for (uint c = 0u; c < pc.ci; c++) {
         uint coff = c * hw_in;
         for (uint ky = 0u; ky < pc.k; ky++) {
             for (uint kx = 0u; kx < pc.k; kx++, gk++) {
-                vec4 w0 = vec4(wload(m0, gk, K), wload(m0 + 1u, gk, K), wload(m0 + 2u, gk, K), wload(m0 + 3u, gk, K));
-                vec4 w1 = vec4(wload(m0 + 4u, gk, K), wload(m0 + 5u, gk, K), wload(m0 + 6u, gk, K),
-                               wload(m0 + 7u, gk, K));
-                int dy = int(ky), dx = int(kx);
-                float v0 = xload(b0 + coff, y0 + dy, x0 + dx);
-                float v1 = xload(b1 + coff, y1 + dy, x1 + dx);
-                float v2 = xload(b2 + coff, y2 + dy, x2 + dx);
-                float v3 = xload(b3 + coff, y3 + dy, x3 + dx);
-                a00 += v0 * w0;
-                a01 += v0 * w1;
-                a10 += v1 * w0;
-                a11 += v1 * w1;
-                a20 += v2 * w0;
-                a21 += v2 * w1;
-                a30 += v3 * w0;
-                a31 += v3 * w1;
+                vec4 wv[RC];
+                [[unroll]] for (uint r = 0u; r < RC; r++) {
+                    uint m = m0 + 4u * r;
+                    wv[r] = vec4(wload(m, gk, K), wload(m + 1u, gk, K), wload(m + 2u, gk, K), wload(m + 3u, gk, K));
+                }
+                [[unroll]] for (uint j = 0u; j < RP; j++) {
+                    float v = xload(base[j] + coff, iy0[j] + int(ky), ix0[j] + int(kx));
+                    [[unroll]] for (uint r = 0u; r < RC; r++)
+                        acc[j][r] += v * wv[r];
+                }
             }
         }
     }
-    store_col(m0, a00, n0, hw_out);
-    store_col(m0 + 4u, a01, n0, hw_out);
-    store_col(m0, a10, n0 + NW, hw_out);
-    store_col(m0 + 4u, a11, n0 + NW, hw_out);
-    store_col(m0, a20, n0 + 2u * NW, hw_out);
-    store_col(m0 + 4u, a21, n0 + 2u * NW, hw_out);
-    store_col(m0, a30, n0 + 3u * NW, hw_out);
-    store_col(m0 + 4u, a31, n0 + 3u * NW, hw_out);
+    [[unroll]] for (uint j = 0u; j < RP; j++)
+        [[unroll]] for (uint r = 0u; r < RC; r++)
+            store_col(m0 + 4u * r, acc[j][r], n0 + j * NW, hw_out);
 }
 #endif

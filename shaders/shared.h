@@ -28,6 +28,11 @@
 #define VK_CONV_RES 2u
 #define VK_CONV_SILU 4u
 
+/* conv2d.comp's register-tile variant (CPU devices): pixels per invocation, vec4 channel groups per
+ * invocation (4 channels each) */
+#define VK_CONV_REG_RP 4u
+#define VK_CONV_REG_RC 2u
+
 /* eltwise.comp modes */
 #define VK_ELTWISE_SILU 0u
 #define VK_ELTWISE_UPSAMPLE 1u

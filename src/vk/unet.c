@@ -74,12 +74,12 @@ static ddpm_result create_programs(vk_unet *u)
     vk_program_desc cd = {.n_buffers = 2, .push_size = sizeof(vk_conv_push), .max_sets = sets};
     uint32_t conv_spec[1] = {16};
     if (u->conv_reg) {
-        /* CPU devices: 4 pixels per invocation, 8 channels per workgroup row, no shared memory */
+        /* CPU devices: a register tile of pixels x channels per invocation (shared.h), no shared memory */
         cd.shader = f16 ? VK_SHADER_conv2d_reg_f16 : VK_SHADER_conv2d_reg_f32;
         cd.local_size[0] = inv;
         cd.local_size[1] = 1;
-        u->conv_tm = 8;
-        u->conv_tn = 4 * inv;
+        u->conv_tm = 4 * VK_CONV_REG_RC;
+        u->conv_tn = VK_CONV_REG_RP * inv;
         vk_program_desc nd = cd;
         nd.local_size[0] = inv < 16 ? inv : 16;
         TRY(vk_program_create(ctx, &nd, &u->conv_narrow));
@@ -459,7 +459,7 @@ static ddpm_result record_node(vk_unet *u, VkCommandBuffer cmd, int i, int n_img
         uint32_t tn = u->conv_tn;
         if (u->conv_narrow.pipeline && p.n_total * 2 <= u->conv_tn) { /* most of a wide tile would idle */
             prog = &u->conv_narrow;
-            tn = 4 * u->conv_narrow.local_size[0];
+            tn = VK_CONV_REG_RP * u->conv_narrow.local_size[0];
         }
         uint32_t gx = ceil_div(p.n_total, tn), gy = ceil_div(p.co, u->conv_tm);
         TRY(vk_program_dispatch(u->ctx, cmd, prog, set, &p, sizeof p, gx * prog->local_size[0],
