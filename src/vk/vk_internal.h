@@ -336,8 +336,8 @@ ddpm_result vk_unet_record(vk_unet *u, VkCommandBuffer cmd, int first, int n);
 ddpm_result vk_unet_download(vk_unet *u, int v, int n, float *host);
 /* Device bytes held: weights, activation arena. */
 void vk_unet_memory(const vk_unet *u, uint64_t *weights, uint64_t *arena);
-/* The per-node recorded dispatches for the benchmark: for node i, records only that node (and its
- * inputs must have been produced by a previous evaluation; keep_all). */
+/* Records node `node` alone for n images (the per-layer benchmark): it reads whatever its input
+ * buffers hold (valid values after a keep_all evaluation). */
 ddpm_result vk_unet_record_node(vk_unet *u, VkCommandBuffer cmd, int node, int n);
 void vk_unet_destroy(vk_unet *u);
 
