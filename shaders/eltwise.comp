@@ -19,23 +19,27 @@ layout(push_constant) uniform Push {
     uint h, w; // upsample: input height and width
 } pc;
 
+// x: elements of an image (a grid-stride loop, so any size fits the group-count limit), y: images.
 void main()
 {
-    uint e = gl_GlobalInvocationID.x, b = gl_GlobalInvocationID.y;
-    if (e >= pc.n || b >= pc.n_images)
+    uint b = gl_GlobalInvocationID.y;
+    if (b >= pc.n_images)
         return;
-    uint o = pc.out_off + b * pc.out_bs + e;
-    if (pc.mode == VK_ELTWISE_SILU) {
-        float x = float(act[pc.in_off + b * pc.in_bs + e]);
-        act[o] = TO_ACT(x / (1.0 + exp(-x)));
-    } else if (pc.mode == VK_ELTWISE_UPSAMPLE) {
-        uint w2 = 2u * pc.w, hw2 = 4u * pc.h * pc.w;
-        uint c = e / hw2, p = e % hw2;
-        uint y = p / w2, x = p % w2;
-        act[o] = act[pc.in_off + b * pc.in_bs + c * pc.h * pc.w + (y / 2u) * pc.w + x / 2u];
-    } else if (pc.mode == VK_ELTWISE_CAST_IN) {
-        act[o] = TO_ACT(ext[pc.in_off + b * pc.in_bs + e]);
-    } else {
-        ext[o] = float(act[pc.in_off + b * pc.in_bs + e]);
+    uint stride = gl_NumWorkGroups.x * gl_WorkGroupSize.x;
+    for (uint e = gl_GlobalInvocationID.x; e < pc.n; e += stride) {
+        uint o = pc.out_off + b * pc.out_bs + e;
+        if (pc.mode == VK_ELTWISE_SILU) {
+            float x = float(act[pc.in_off + b * pc.in_bs + e]);
+            act[o] = TO_ACT(x / (1.0 + exp(-x)));
+        } else if (pc.mode == VK_ELTWISE_UPSAMPLE) {
+            uint w2 = 2u * pc.w, hw2 = 4u * pc.h * pc.w;
+            uint c = e / hw2, p = e % hw2;
+            uint y = p / w2, x = p % w2;
+            act[o] = act[pc.in_off + b * pc.in_bs + c * pc.h * pc.w + (y / 2u) * pc.w + x / 2u];
+        } else if (pc.mode == VK_ELTWISE_CAST_IN) {
+            act[o] = TO_ACT(ext[pc.in_off + b * pc.in_bs + e]);
+        } else {
+            ext[o] = float(act[pc.in_off + b * pc.in_bs + e]);
+        }
     }
 }

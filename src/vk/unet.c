@@ -396,6 +396,13 @@ static uint32_t ceil_div(uint64_t a, uint64_t b)
     return (uint32_t)((a + b - 1) / b);
 }
 
+/* Threads for eltwise.comp's grid-stride loop over n elements: at most the device's group count. */
+static uint32_t eltwise_threads(const vk_unet *u, uint32_t n)
+{
+    uint64_t cap = (uint64_t)u->ctx->limits.max_group_count[0] * u->eltwise.local_size[0];
+    return n < cap ? n : (uint32_t)cap;
+}
+
 static ddpm_result record_node(vk_unet *u, VkCommandBuffer cmd, int i, int n_img)
 {
     ddpm_result res = DDPM_OK;
@@ -479,7 +486,7 @@ static ddpm_result record_node(vk_unet *u, VkCommandBuffer cmd, int i, int n_img
                              bs32(u, n->out),
                              (uint32_t)a->h,
                              (uint32_t)a->w};
-        TRY(vk_program_dispatch(u->ctx, cmd, &u->eltwise, 0, &p, sizeof p, p.n, nb, 1));
+        TRY(vk_program_dispatch(u->ctx, cmd, &u->eltwise, 0, &p, sizeof p, eltwise_threads(u, p.n), nb, 1));
         break;
     }
     case OP_GROUPNORM: {
@@ -554,7 +561,7 @@ ddpm_result vk_unet_record(vk_unet *u, VkCommandBuffer cmd, int first, int n)
                            bs32(u, g->input),
                            0,
                            0};
-    TRY(vk_program_dispatch(u->ctx, cmd, &u->eltwise, 0, &pin, sizeof pin, pin.n, nb, 1));
+    TRY(vk_program_dispatch(u->ctx, cmd, &u->eltwise, 0, &pin, sizeof pin, eltwise_threads(u, pin.n), nb, 1));
     for (int i = 0; i < g->n_nodes; i++)
         TRY(record_node(u, cmd, i, n));
     int64_t per_out = value_numel(&g->values[g->output]);
@@ -569,7 +576,8 @@ ddpm_result vk_unet_record(vk_unet *u, VkCommandBuffer cmd, int first, int n)
                             (uint32_t)per_out,
                             0,
                             0};
-    TRY(vk_program_dispatch(u->ctx, cmd, &u->eltwise, 1, &pout, sizeof pout, pout.n, nb, 1));
+    TRY(vk_program_dispatch(u->ctx, cmd, &u->eltwise, 1, &pout, sizeof pout, eltwise_threads(u, pout.n), nb,
+                            1));
     vk_barrier_compute(cmd);
 cleanup:
     return res;
