@@ -68,8 +68,8 @@ static ddpm_result create_programs(vk_unet *u)
     int f16 = u->fp16;
     uint32_t sets = (uint32_t)(u->n_warena > 0 ? u->n_warena : 1);
 
-    /* conv: 16 threads along pixels, the rest along channels, 4x4 outputs each; the K slice shrinks
-     * until both tiles fit the shared memory. */
+    /* conv: the register-tile kernel on CPU devices, else the shared-memory GEMM whose K slice shrinks
+     * until both tiles fit the device's shared memory */
     uint32_t inv = max_group(ctx, u->group);
     vk_program_desc cd = {.n_buffers = 2, .push_size = sizeof(vk_conv_push), .max_sets = sets};
     uint32_t conv_spec[1] = {16};
@@ -127,7 +127,7 @@ static ddpm_result create_programs(vk_unet *u)
                           .max_sets = 2};
     TRY(vk_program_create(ctx, &ed, &u->eltwise));
 
-    /* attention: 16 lanes per query (fewer when the device is narrow), one program per head size */
+    /* attention: one program per head size (a specialization constant) */
     for (int i = 0; i < u->g->n_nodes; i++) {
         const ddpm_node *n = &u->g->nodes[i];
         if (n->op != OP_ATTENTION)
