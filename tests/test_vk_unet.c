@@ -248,6 +248,19 @@ static void test_pipeline_cache(void)
         if (r != DDPM_OK)
             break;
         snprintf(path, sizeof path, "%s", ctx.cache_path);
+        /* a file of an older shader build for this device (same name up to the hash) and one of another
+         * device: the first save removes the former and keeps the latter */
+        char stale[1200], other[1200];
+        snprintf(stale, sizeof stale, "%.*s-0123456789abcdef.bin", (int)(strrchr(path, '-') - path), path);
+        snprintf(other, sizeof other, "%s/pipelines-ffff-ffff-00000000-00-0123456789abcdef.bin", dir);
+        if (run == 0) {
+            FILE *f1 = fopen(stale, "wb"), *f2 = fopen(other, "wb");
+            CHECK(f1 && f2, "stale cache files created");
+            if (f1)
+                fclose(f1);
+            if (f2)
+                fclose(f2);
+        }
         CHECK(strncmp(ctx.cache_path, dir, strlen(dir)) == 0, "cache file %s is in %s", ctx.cache_path, dir);
         if (run == 1)
             CHECK(ctx.cache_loaded == first_size && first_size > 0,
@@ -288,8 +301,12 @@ static void test_pipeline_cache(void)
         struct stat st;
         CHECK(stat(path, &st) == 0 && st.st_size > 0, "cache file %s written (%lld bytes)", path,
               (long long)(stat(path, &st) == 0 ? st.st_size : -1));
-        if (run == 0)
+        if (run == 0) {
             first_size = stat(path, &st) == 0 ? (size_t)st.st_size : 0;
+            CHECK(stat(stale, &st) != 0, "the older shader build's cache file is removed");
+            CHECK(stat(other, &st) == 0, "another device's cache file is kept");
+            unlink(other);
+        }
     }
     unlink(path);
     rmdir(dir);

@@ -3,6 +3,7 @@
 #include "vk_internal.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* ---- errors ---------------------------------------------------------------------------------- */
 
@@ -545,6 +547,31 @@ static int mkdir_p(char *path)
     return mkdir(path, 0755) == 0 || errno == EEXIST;
 }
 
+/* Removes the cache files of older shader builds for the same device and driver: the name up to the
+ * shader hash (the last '-') is the same, the hash differs. */
+static void remove_stale_caches(const char *dir, const char *path)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    const char *dash = strrchr(base, '-');
+    if (!dash)
+        return;
+    size_t prefix = (size_t)(dash - base) + 1;
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    char full[1200];
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        if (len > prefix && strncmp(e->d_name, base, prefix) == 0 && strcmp(e->d_name, base) != 0 &&
+            strcmp(e->d_name + len - 4, ".bin") == 0 &&
+            snprintf(full, sizeof full, "%s/%s", dir, e->d_name) < (int)sizeof full)
+            (void)unlink(full);
+    }
+    closedir(d);
+}
+
 void vk_context_save_cache(vk_context *ctx)
 {
     /* nothing new since the last save, or every pipeline came from the cache: nothing to write */
@@ -565,8 +592,8 @@ void vk_context_save_cache(vk_context *ctx)
         *slash = 0;
     /* A cache that cannot be written only costs start-up time next run: no error. */
     if (vkGetPipelineCacheData(ctx->device, ctx->pipeline_cache, &size, data) == VK_SUCCESS &&
-        (!slash || mkdir_p(dir)))
-        (void)ddpm_write_file_atomic(ctx->cache_path, data, size);
+        (!slash || mkdir_p(dir)) && ddpm_write_file_atomic(ctx->cache_path, data, size) == DDPM_OK && slash)
+        remove_stale_caches(dir, ctx->cache_path);
     free(data);
 }
 
