@@ -53,12 +53,15 @@ void main()
         s2 += d * d;
     }
     float rstd = inversesqrt(reduce_sum(s2) / float(n) + pc.eps);
-    for (uint i = t; i < n; i += NT) {
-        uint ch = g * cg + i / pc.hw;
-        float y = (float(act[ibase + i]) - mean) * (rstd * float(wt[pc.gamma_off + ch])) +
-                  float(wt[pc.beta_off + ch]);
-        if (pc.silu != 0u)
-            y = y / (1.0 + exp(-y));
-        act[obase + i] = TO_ACT(y);
+    for (uint cl = 0u; cl < cg; cl++) { // channel by channel: no division per element
+        uint ch = g * cg + cl;
+        float sc = rstd * float(wt[pc.gamma_off + ch]), be = float(wt[pc.beta_off + ch]);
+        uint off = cl * pc.hw;
+        for (uint i = t; i < pc.hw; i += NT) {
+            float y = (float(act[ibase + off + i]) - mean) * sc + be;
+            if (pc.silu != 0u)
+                y = y / (1.0 + exp(-y));
+            act[obase + off + i] = TO_ACT(y);
+        }
     }
 }

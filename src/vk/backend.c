@@ -219,6 +219,13 @@ ddpm_result vk_backend_create(const ddpm_model *m, const sampler_plan *p, const 
     }
     if (o->log && o->verbose) {
         char msg[1600];
+        uint32_t nd = 0, nbar = 0;
+        vk_unet_counts(vb->unet, &nd, &nbar);
+        snprintf(msg, sizeof msg,
+                 "vulkan: a U-Net pass is %u dispatches for %d nodes with %u barriers (only where a node "
+                 "reads or overwrites what an unsynchronised one wrote or read)",
+                 nd, m->graph.n_nodes, nbar);
+        o->log(o->user, msg);
         snprintf(msg, sizeof msg,
                  "vulkan: %u pipelines in %.1f ms (%u from the pipeline cache, %zu bytes loaded%s%s), set-up "
                  "%.1f ms",

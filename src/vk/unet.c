@@ -38,6 +38,7 @@ struct vk_unet {
     /* hazard tracking while recording: arena ranges written / read since the last barrier */
     int64_t (*pend_w)[2], (*pend_r)[2];
     int n_pend_w, n_pend_r, cap_pend;
+    uint32_t n_dispatches, n_barriers; /* recorded by the last vk_unet_record */
 };
 
 static uint32_t floor_pow2(uint32_t x)
@@ -307,6 +308,12 @@ void vk_unet_destroy(vk_unet *u)
     free(u);
 }
 
+void vk_unet_counts(const vk_unet *u, uint32_t *dispatches, uint32_t *barriers)
+{
+    *dispatches = u->n_dispatches;
+    *barriers = u->n_barriers;
+}
+
 void vk_unet_memory(const vk_unet *u, uint64_t *weights, uint64_t *arena)
 {
     uint64_t w = 0;
@@ -353,7 +360,9 @@ static ddpm_result hazard(vk_unet *u, VkCommandBuffer cmd, const int *reads, int
     if (need) {
         vk_barrier_compute(cmd);
         u->n_pend_w = u->n_pend_r = 0;
+        u->n_barriers++;
     }
+    u->n_dispatches++;
     int cap_need = (u->n_pend_r > u->n_pend_w ? u->n_pend_r : u->n_pend_w) + 4;
     if (cap_need > u->cap_pend) {
         int cap = u->cap_pend ? u->cap_pend * 2 : 64;
@@ -548,6 +557,7 @@ ddpm_result vk_unet_record(vk_unet *u, VkCommandBuffer cmd, int first, int n)
         return ddpm_fail(DDPM_ERR_ARG, "vulkan: U-Net of %d images (planned for %d)", n, u->chunk);
     vk_barrier_compute(cmd);
     u->n_pend_w = u->n_pend_r = 0;
+    u->n_dispatches = u->n_barriers = 0;
     uint32_t nb = (uint32_t)n;
     /* x (float32) into the arena */
     int64_t per_in = value_numel(&g->values[g->input]);

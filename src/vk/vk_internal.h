@@ -334,6 +334,9 @@ ddpm_result vk_unet_record(vk_unet *u, VkCommandBuffer cmd, int first, int n);
 /* Downloads value v of the n images of the last evaluation (keep_all, or a value still live at the end)
  * as float32 (n, numel). */
 ddpm_result vk_unet_download(vk_unet *u, int v, int n, float *host);
+/* Dispatches (nodes with work + the copies in and out) and barriers between them in the last
+ * vk_unet_record. */
+void vk_unet_counts(const vk_unet *u, uint32_t *dispatches, uint32_t *barriers);
 /* Device bytes held: weights, activation arena. */
 void vk_unet_memory(const vk_unet *u, uint64_t *weights, uint64_t *arena);
 /* Records node `node` alone for n images (the per-layer benchmark): it reads whatever its input
