@@ -188,6 +188,77 @@ static void test_chunks(vk_context *ctx)
     ddpm_model_free(m);
 }
 
+/* The storage buffer range clamped to 96 KiB: unet_a's 279 KiB of weights are split across several
+ * buffers (each node's weights in one) and the result still equals the CPU's. */
+static void test_split_weights(void)
+{
+    vk_context ctx;
+    ddpm_model *m = NULL;
+    ddpm_result r = vk_context_create(spec, &ctx);
+    r = r ? r : ddpm_model_load(test_fixture_path("unet_a.safetensors"), &m);
+    CHECK(r == DDPM_OK, "set-up: %s", ddpm_last_error());
+    if (r != DDPM_OK) {
+        vk_context_destroy(&ctx);
+        return;
+    }
+    ctx.limits.max_storage_range = 96 * 1024;
+    const ddpm_graph *g = &m->graph;
+    int64_t nx = value_numel(&g->values[g->input]);
+    float *x = malloc((size_t)nx * 4), *got = malloc((size_t)nx * 4), *want = malloc((size_t)nx * 4);
+    for (int64_t i = 0; i < nx; i++)
+        x[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
+    float t = 517.0f, coef[DDPM_COEF_STRIDE] = {0};
+    coef[DDPM_COEF_T] = t;
+    vk_buffer xb = {0}, ob = {0}, cb = {0}, sb = {0};
+    vk_unet *u = NULL;
+    r = vk_buffer_create(&ctx, (size_t)nx * 4, VK_MEM_DEVICE, "x", &xb);
+    r = r ? r : vk_buffer_create(&ctx, (size_t)nx * 4, VK_MEM_DEVICE, "out", &ob);
+    r = r ? r : vk_buffer_create(&ctx, sizeof coef, VK_MEM_DEVICE, "coef", &cb);
+    r = r ? r : vk_buffer_create(&ctx, 4, VK_MEM_HOST, "step", &sb);
+    r = r ? r : vk_buffer_upload(&ctx, &xb, 0, x, (size_t)nx * 4);
+    r = r ? r : vk_buffer_upload(&ctx, &cb, 0, coef, sizeof coef);
+    if (r == DDPM_OK)
+        memset(sb.mapped, 0, 4);
+    vk_unet_desc d = {.graph = g,
+                      .weights = (const float *const *)m->weights,
+                      .chunk = 1,
+                      .x = &xb,
+                      .out = &ob,
+                      .coef = &cb,
+                      .step = &sb};
+    r = r ? r : vk_unet_create(&ctx, &d, &u);
+    VkCommandBuffer cmd;
+    r = r ? r : vk_oneshot_begin(&ctx, &cmd);
+    r = r ? r : vk_unet_record(u, cmd, 0, 1);
+    if (r == DDPM_OK)
+        vk_barrier_from_compute(cmd);
+    r = r ? r : vk_oneshot_end(&ctx);
+    r = r ? r : vk_buffer_download(&ctx, &ob, 0, got, (size_t)nx * 4);
+    CHECK(r == DDPM_OK, "split weights: %s", ddpm_last_error());
+    if (u) {
+        uint64_t wbytes, abytes;
+        vk_unet_memory(u, &wbytes, &abytes);
+        printf("weights %llu bytes in buffers of at most %u bytes, activations %llu bytes\n",
+               (unsigned long long)wbytes, ctx.limits.max_storage_range, (unsigned long long)abytes);
+        CHECK(wbytes > ctx.limits.max_storage_range && abytes <= ctx.limits.max_storage_range,
+              "the weights need several buffers");
+    }
+    r = cpu_unet_forward(g, (const float *const *)m->weights, 1, x, &t, want);
+    CHECK(r == DDPM_OK && test_close("unet_a, weights split across buffers of 96 KiB, vs CPU", got, want, nx,
+                                     FWD32, FWD32),
+          "split weights");
+    vk_unet_destroy(u);
+    vk_buffer_destroy(&ctx, &xb);
+    vk_buffer_destroy(&ctx, &ob);
+    vk_buffer_destroy(&ctx, &cb);
+    vk_buffer_destroy(&ctx, &sb);
+    vk_context_destroy(&ctx);
+    free(x);
+    free(got);
+    free(want);
+    ddpm_model_free(m);
+}
+
 /* A full sampling run on Vulkan and on the CPU with the same seed. */
 static void test_sampling(const char *tag, ddpm_sampler_kind kind, int steps, int n, int precision,
                           int baseline)
@@ -389,6 +460,7 @@ int main(void)
         vk_context_destroy(&ctx);
     }
 
+    test_split_weights();
     test_sampling("a", DDPM_SAMPLER_DDPM, 40, 3, 32, 0);
     test_sampling("a", DDPM_SAMPLER_DDIM, 20, 3, 32, 0);
     test_sampling("a", DDPM_SAMPLER_DDIM, 10, 2, 16, 0);
