@@ -84,6 +84,9 @@ typedef struct ddpm_sample_opts {
     const char *device;        /* "cpu", an index, a name substring, or NULL ($DDPM_DEVICE, else default) */
     ddpm_progress_fn progress; /* optional */
     ddpm_log_fn log;           /* optional */
+    int precision;             /* Vulkan storage: 0 auto (fp16 on GPUs with 16-bit storage), 32 or 16 */
+    int baseline_limits;       /* Vulkan: clamp the device limits to the Android baseline 2022 floor */
+    int verbose;               /* log details too (device memory, pipeline creation and cache) */
     void *user;                /* passed to progress and log */
 } ddpm_sample_opts;
 

@@ -23,4 +23,20 @@
 #define DDPM_COEF_CLIP 10 /* clip range, 0 = no clipping */
 #define DDPM_COEF_STRIDE 12
 
+/* conv2d.comp flags */
+#define VK_CONV_TEMB 1u
+#define VK_CONV_RES 2u
+#define VK_CONV_SILU 4u
+
+/* conv2d.comp's register-tile variant (CPU devices): pixels per invocation, vec4 channel groups per
+ * invocation (4 channels each) */
+#define VK_CONV_REG_RP 4u
+#define VK_CONV_REG_RC 2u
+
+/* eltwise.comp modes */
+#define VK_ELTWISE_SILU 0u
+#define VK_ELTWISE_UPSAMPLE 1u
+#define VK_ELTWISE_CAST_IN 2u  /* ext (float32) -> arena */
+#define VK_ELTWISE_CAST_OUT 3u /* arena -> ext (float32) */
+
 #endif

@@ -224,6 +224,45 @@ else
     pass "no Vulkan validation messages during devices and sampling (DDPM_VALIDATION=${DDPM_VALIDATION:-unset})"
 fi
 
+# Vulkan options: fp16 storage with the baseline limits, --verbose (memory, pipelines, time to first step)
+run vk16 sample --model "$MODEL" $common --device 0 --seed 7 --precision fp16 --limits baseline --verbose \
+    --out "$tmp/v16.png" --save-raw "$tmp/v16.npy"
+if [ "$rc" -eq 0 ] && grep -q 'fp16 storage, baseline limits' "$tmp/vk16.err" &&
+    grep -q 'time to first step' "$tmp/vk16.err" && grep -q 'pipelines in' "$tmp/vk16.err"; then
+    pass "sample --precision fp16 --limits baseline --verbose: $(grep -h 'time to first' "$tmp/vk16.err")"
+else
+    fail "sample --precision fp16 --limits baseline --verbose: exit $rc ($(show "$tmp/vk16.err"))"
+fi
+if "$PY" - "$tmp/v16.npy" "$tmp/a.npy" >"$tmp/close16.log" 2>&1 <<'EOF'
+import sys
+import numpy as np
+got, want = np.load(sys.argv[1]), np.load(sys.argv[2])
+err = np.abs(got - want)
+print(f'max |vk fp16 - cpu| {err.max():.3g} (tolerance 5e-2)')
+sys.exit(0 if got.shape == want.shape and err.max() <= 5e-2 else 1)
+EOF
+then
+    pass "Vulkan fp16 matches the CPU: $(show "$tmp/close16.log")"
+else
+    fail "Vulkan fp16 differs from the CPU: $(show "$tmp/close16.log")"
+fi
+run info8 info --model "$MODEL" -n 8
+if [ "$rc" -eq 0 ] && grep -q '^memory: *fp32, 8 images: .* MiB peak' "$tmp/info8.out" &&
+    grep -q '^memory: *fp16, 8 images' "$tmp/info8.out"; then
+    pass "info -n 8 prints the peak device memory: $(grep -h '^memory' "$tmp/info8.out" | head -n 1)"
+else
+    fail "info -n 8: exit $rc ($(show "$tmp/info8.out"))"
+fi
+for dev in 0 cpu; do
+    run bench_$dev bench --model "$MODEL" -n 2 --device $dev --steps 2 --layers
+    if [ "$rc" -eq 0 ] && grep -q 'ms per step, .* GFLOP/s' "$tmp/bench_$dev.out" &&
+        grep -q 'conv_out' "$tmp/bench_$dev.out"; then
+        pass "bench --device $dev: $(grep -h 'ms per step' "$tmp/bench_$dev.out")"
+    else
+        fail "bench --device $dev: exit $rc ($(show "$tmp/bench_$dev.err"))"
+    fi
+done
+
 # ---- bad input ---------------------------------------------------------------------------------
 
 bad=$tmp/bad
@@ -364,6 +403,13 @@ expect_bad 2 "stray argument" sample --model "$MODEL" $cpu stray $out
 expect_bad 2 "missing argument at the end" sample --model "$MODEL" $cpu $out --steps
 expect_bad 2 "missing argument before an option" sample --model "$MODEL" $cpu --init $out
 expect_bad 2 "unknown command" frobnicate
+expect_bad 2 "--precision fp64" sample --model "$MODEL" $cpu --precision fp64 $out
+expect_bad 2 "--limits tiny" sample --model "$MODEL" $cpu --limits tiny $out
+expect_bad 2 "--verbose with --quiet" sample --model "$MODEL" $cpu --verbose --quiet $out
+expect_bad 2 "bench -n 0" bench --model "$MODEL" -n 0
+expect_bad 2 "info -n x" info --model "$MODEL" -n x
+expect_bad 1 "bench with a missing model" bench --model "$tmp/no-such.safetensors"
+expect_bad 1 "bench on a missing device" bench --model "$MODEL" --device no-such-gpu
 expect_bad 2 "unknown option of devices" devices --all
 expect_bad 1 "--out into a missing directory" sample --model "$MODEL" $cpu --out "$bad/no/dir/grid.png"
 expect_bad 1 "--out is a directory" sample --model "$MODEL" $cpu --out "$bad"

@@ -18,6 +18,7 @@ enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
 int cli_sample(int argc, char **argv);
 int cli_devices(int argc, char **argv);
 int cli_info(int argc, char **argv);
+int cli_bench(int argc, char **argv);
 
 /* Prints "ddpm-vk: <message>" and a newline on stderr (the message must be one line). */
 void cli_error(const char *fmt, ...)
@@ -37,6 +38,11 @@ int cli_flag(const char *arg, const char *name, const char *alias);
 int cli_parse_int(const char *opt, const char *s, long lo, long hi, int *out);
 int cli_parse_u64(const char *opt, const char *s, uint64_t *out);
 int cli_parse_double(const char *opt, const char *s, double lo, double hi, double *out);
+
+/* --precision auto|fp32|fp16 -> 0, 32, 16; --limits default|baseline -> 0, 1. 0 (error printed) when
+ * the value is none of those. */
+int cli_parse_precision(const char *s, int *out);
+int cli_parse_limits(const char *s, int *out);
 
 /* Prints the unknown-option error for argv[i] of subcommand cmd and returns CLI_USAGE. */
 int cli_unknown(const char *cmd, const char *arg);

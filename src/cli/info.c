@@ -2,15 +2,18 @@
  * and with --nodes the U-Net graph node by node (op, output shape, params, MFLOPs). */
 #include "cli.h"
 #include "model.h"
+#include "vk/plan.h"
 
 #include <stdio.h>
 #include <string.h>
 
 static const char usage[] =
-    "usage: ddpm-vk info [--model FILE] [--nodes]\n"
+    "usage: ddpm-vk info [--model FILE] [-n N] [--nodes]\n"
     "\n"
-    "Shows a model's config, noise schedule, parameter count and GFLOPs per image.\n"
+    "Shows a model's config, noise schedule, parameter count, GFLOPs per image and the Vulkan device\n"
+    "memory a batch needs.\n"
     "  --model FILE   ddpm-vk safetensors weights (default: " DDPM_DEFAULT_MODEL ")\n"
+    "  -n N           images per run for the memory figures (default: 1)\n"
     "  --nodes        also list every graph node: name, op, output shape, params, MFLOPs\n";
 
 static const char *beta_name(ddpm_beta_kind k)
@@ -78,6 +81,26 @@ static void print_model(const char *path, const struct ddpm_model *m)
            g->n_nodes);
 }
 
+/* Peak device memory of a Vulkan run of n images in fp32 and fp16, for a 2^27-byte storage buffer range
+ * (the Android baseline floor, also lavapipe's): larger batches run the U-Net in chunks. */
+static int print_memory(const ddpm_graph *g, int n)
+{
+    for (int elem = 4; elem >= 2; elem -= 2) {
+        vk_mem_estimate e;
+        if (vk_plan_memory(g, n, elem, (uint64_t)1 << 27, 1000, &e) != DDPM_OK) {
+            cli_error("info: %s", ddpm_last_error());
+            return 0;
+        }
+        const double mib = 1024.0 * 1024.0;
+        printf("memory:     %s, %d image%s: %.2f MiB peak on the device (weights %.2f, activations %.2f for "
+               "%d image%s per U-Net pass, state %.2f)\n",
+               elem == 4 ? "fp32" : "fp16", n, n == 1 ? "" : "s", (double)e.total / mib,
+               (double)e.weights / mib, (double)e.activations / mib, e.chunk, e.chunk == 1 ? "" : "s",
+               (double)e.state / mib);
+    }
+    return 1;
+}
+
 static void print_nodes(const ddpm_graph *g)
 {
     int name_w = 4;
@@ -110,7 +133,7 @@ static void print_nodes(const ddpm_graph *g)
 int cli_info(int argc, char **argv)
 {
     const char *path = DDPM_DEFAULT_MODEL;
-    int nodes = 0;
+    int nodes = 0, n = 1;
     for (int i = 1; i < argc; i++) {
         const char *val;
         int k;
@@ -119,6 +142,9 @@ int cli_info(int argc, char **argv)
             return CLI_OK;
         } else if (cli_flag(argv[i], "--nodes", NULL)) {
             nodes = 1;
+        } else if ((k = cli_value(argc, argv, &i, "-n", NULL, &val)) != 0) {
+            if (k < 0 || !cli_parse_int("-n", val, 1, 65536, &n))
+                return CLI_USAGE;
         } else if ((k = cli_value(argc, argv, &i, "--model", "-m", &val)) != 0) {
             if (k < 0)
                 return CLI_USAGE;
@@ -134,6 +160,10 @@ int cli_info(int argc, char **argv)
         return CLI_FAIL;
     }
     print_model(path, m);
+    if (!print_memory(&m->graph, n)) {
+        ddpm_model_free(m);
+        return CLI_FAIL;
+    }
     if (nodes)
         print_nodes(&m->graph);
     ddpm_model_free(m);

@@ -19,7 +19,8 @@ static const char usage[] =
     "commands:\n"
     "  sample     sample images into a PNG grid (and optionally a raw .npy)\n"
     "  devices    list the Vulkan devices\n"
-    "  info       show a model's config, schedule, parameters and FLOPs\n"
+    "  info       show a model's config, schedule, parameters, FLOPs and device memory\n"
+    "  bench      time sampling steps (ms per step, GFLOP/s, per-layer table)\n"
     "\n"
     "  ddpm-vk <command> --help   options of a command\n"
     "  ddpm-vk --version          the version\n";
@@ -126,6 +127,34 @@ int cli_parse_double(const char *opt, const char *s, double lo, double hi, doubl
     return 1;
 }
 
+int cli_parse_precision(const char *s, int *out)
+{
+    if (strcmp(s, "auto") == 0)
+        *out = 0;
+    else if (strcmp(s, "fp32") == 0)
+        *out = 32;
+    else if (strcmp(s, "fp16") == 0)
+        *out = 16;
+    else {
+        cli_error("--precision: '%s' is not auto, fp32 or fp16", s);
+        return 0;
+    }
+    return 1;
+}
+
+int cli_parse_limits(const char *s, int *out)
+{
+    if (strcmp(s, "default") == 0)
+        *out = 0;
+    else if (strcmp(s, "baseline") == 0)
+        *out = 1;
+    else {
+        cli_error("--limits: '%s' is not default or baseline", s);
+        return 0;
+    }
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     static char help_arg[] = "--help";
@@ -165,9 +194,11 @@ int main(int argc, char **argv)
         return cli_devices(argc, argv);
     if (strcmp(cmd, "info") == 0)
         return cli_info(argc, argv);
+    if (strcmp(cmd, "bench") == 0)
+        return cli_bench(argc, argv);
     if (cmd[0] == '-')
         cli_error("unknown option '%s' (see ddpm-vk --help)", cmd);
     else
-        cli_error("unknown command '%s' (commands: sample, devices, info)", cmd);
+        cli_error("unknown command '%s' (commands: sample, devices, info, bench)", cmd);
     return CLI_USAGE;
 }

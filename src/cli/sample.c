@@ -38,6 +38,10 @@ static const char usage[] =
     "  --clip, --no-clip  clip the predicted x_0 to [-1, 1] or not (default: the model's)\n"
     "  --init FILE.npy    start from this x_T, float32 (n, C, H, W), instead of seeded noise\n"
     "  --save-raw FILE    also write the samples as float32 .npy (n, C, H, W) in [-1, 1]\n"
+    "  --precision P      Vulkan storage: auto (fp16 on GPUs with 16-bit storage, else fp32), fp32 or fp16\n"
+    "  --limits L         Vulkan limits: default (the device's) or baseline (clamped to the Android\n"
+    "                     baseline 2022 floor: 16 KiB shared memory, 128 invocations, 128 MiB buffers)\n"
+    "  --verbose          also print device memory, pipeline creation / cache and the time to first step\n"
     "  --quiet            no progress line or messages, only errors\n"
     "  --help             this text\n"
     "Exit status: 0 ok, 1 failure, 2 bad usage. Output files are written whole or not at all.\n";
@@ -45,7 +49,7 @@ static const char usage[] =
 typedef struct sample_args {
     const char *model, *device, *out, *init, *raw;
     ddpm_sample_opts opts;
-    int eta_given, quiet;
+    int eta_given, quiet, verbose;
 } sample_args;
 
 static volatile sig_atomic_t interrupted;
@@ -66,6 +70,8 @@ static double now_seconds(void)
 typedef struct progress_state {
     int show;         /* draw the progress line (stderr is a terminal and not --quiet) */
     int quiet;        /* no log messages either */
+    int verbose;      /* --verbose: time to first step */
+    double t_start;   /* the command started (before the model is loaded) */
     int drawn;        /* a progress line is on screen without its newline */
     double t0;        /* ddpm_sample called */
     double t1;        /* step 1 done: the rate is taken from here on, without the start-up cost */
@@ -81,13 +87,27 @@ static void format_duration(char *buf, size_t cap, double s)
         snprintf(buf, cap, "%ld:%02ld", t / 60, t % 60);
 }
 
+static void end_progress_line(progress_state *p)
+{
+    if (p->drawn) {
+        fputc('\n', stderr);
+        p->drawn = 0;
+    }
+}
+
 /* "step 12/50  3.4 it/s  ETA 0:11", redrawn in place; returns non-zero to cancel after Ctrl-C. */
 static int on_progress(void *user, int step, int steps)
 {
     progress_state *p = user;
     double now = now_seconds();
-    if (step == 1)
+    if (step == 1) {
         p->t1 = now;
+        if (p->verbose && !p->quiet) {
+            end_progress_line(p);
+            fprintf(stderr, "ddpm-vk: time to first step: %.1f ms (of which model load %.1f ms)\n",
+                    (now - p->t_start) * 1e3, (p->t0 - p->t_start) * 1e3);
+        }
+    }
     if (p->show && step > 0 && (step == steps || step == 1 || now - p->last_draw >= 0.1)) {
         double dt = step > 1 ? now - p->t1 : now - p->t0;
         double rate = dt > 0 ? (step > 1 ? step - 1 : 1) / dt : 0.0;
@@ -100,14 +120,6 @@ static int on_progress(void *user, int step, int steps)
         p->drawn = 1;
     }
     return interrupted != 0;
-}
-
-static void end_progress_line(progress_state *p)
-{
-    if (p->drawn) {
-        fputc('\n', stderr);
-        p->drawn = 0;
-    }
 }
 
 static void on_log(void *user, const char *msg)
@@ -139,6 +151,15 @@ static int parse_args(int argc, char **argv, sample_args *a, int *help)
             return CLI_OK;
         } else if (cli_flag(arg, "--quiet", "-q")) {
             a->quiet = 1;
+        } else if (cli_flag(arg, "--verbose", "-v")) {
+            a->verbose = 1;
+            o->verbose = 1;
+        } else if (VALUE("--precision", NULL)) {
+            if (k < 0 || !cli_parse_precision(v, &o->precision))
+                return CLI_USAGE;
+        } else if (VALUE("--limits", NULL)) {
+            if (k < 0 || !cli_parse_limits(v, &o->baseline_limits))
+                return CLI_USAGE;
         } else if (cli_flag(arg, "--clip", NULL)) {
             o->clip_sample = 1;
         } else if (cli_flag(arg, "--no-clip", NULL)) {
@@ -225,6 +246,10 @@ static int parse_args(int argc, char **argv, sample_args *a, int *help)
         }
 #undef VALUE
     }
+    if (a->quiet && a->verbose) {
+        cli_error("--verbose and --quiet: choose one");
+        return CLI_USAGE;
+    }
     if (a->eta_given && a->opts.sampler != DDPM_SAMPLER_DDIM) {
         cli_error("--eta: only applies to --sampler ddim");
         return CLI_USAGE;
@@ -287,6 +312,7 @@ static int check_init(const sample_args *a, const npy_array *x, int c, int h, in
 
 int cli_sample(int argc, char **argv)
 {
+    double t_start = now_seconds();
     sample_args a;
     memset(&a, 0, sizeof a);
     int help;
@@ -335,7 +361,10 @@ int cli_sample(int argc, char **argv)
         goto cleanup;
     }
 
-    progress_state ps = {.show = !a.quiet && isatty(STDERR_FILENO), .quiet = a.quiet};
+    progress_state ps = {.show = !a.quiet && isatty(STDERR_FILENO),
+                         .quiet = a.quiet,
+                         .verbose = a.verbose,
+                         .t_start = t_start};
     a.opts.device = a.device;
     a.opts.init = init.data;
     a.opts.progress = on_progress;

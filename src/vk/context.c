@@ -3,11 +3,15 @@
 #include "vk_internal.h"
 
 #include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* ---- errors ---------------------------------------------------------------------------------- */
 
@@ -303,6 +307,7 @@ static ddpm_result query_device(const vk_instance *vi, VkPhysicalDevice pd, vk_d
     int f16_ext = has_extension(exts, n_exts, VK_KHR_SHADER_FLOAT16_INT8_EXTENSION_NAME);
     int driver_props = core12 || has_extension(exts, n_exts, VK_KHR_DRIVER_PROPERTIES_EXTENSION_NAME);
     info->portability_subset = has_extension(exts, n_exts, "VK_KHR_portability_subset");
+    info->creation_feedback = has_extension(exts, n_exts, VK_EXT_PIPELINE_CREATION_FEEDBACK_EXTENSION_NAME);
 
     VkPhysicalDeviceSubgroupProperties subgroup = {.sType =
                                                        VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
@@ -460,6 +465,156 @@ static ddpm_result select_device(const vk_device_info *infos, uint32_t n, const 
     return DDPM_OK;
 }
 
+/* ---- pipeline cache ---------------------------------------------------------------------------- */
+
+/* FNV-1a over every embedded SPIR-V word: a new shader build gets a new cache file. */
+static uint64_t shader_build_hash(void)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int i = 0; i < (int)VK_SHADER_COUNT; i++) {
+        const uint8_t *p = (const uint8_t *)vk_shader_table[i].code;
+        for (size_t k = 0; k < vk_shader_table[i].size; k++)
+            h = (h ^ p[k]) * 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* $DDPM_CACHE_DIR, else $XDG_CACHE_HOME/ddpm-vk, else $HOME/.cache/ddpm-vk; "" when none is set.
+ * DDPM_CACHE_DIR=0 (or empty) turns the cache off. */
+static int cache_dir(char *buf, size_t size)
+{
+    const char *d = getenv("DDPM_CACHE_DIR");
+    if (d)
+        return *d && strcmp(d, "0") != 0 && snprintf(buf, size, "%s", d) < (int)size;
+    d = getenv("XDG_CACHE_HOME");
+    if (d && *d)
+        return snprintf(buf, size, "%s/ddpm-vk", d) < (int)size;
+    d = getenv("HOME");
+    if (d && *d)
+        return snprintf(buf, size, "%s/.cache/ddpm-vk", d) < (int)size;
+    return 0;
+}
+
+static ddpm_result pipeline_cache_open(vk_context *ctx)
+{
+    ddpm_result res = DDPM_OK;
+    uint8_t *data = NULL;
+    size_t size = 0;
+    char dir[900];
+    ctx->cache_path[0] = 0;
+    if (cache_dir(dir, sizeof dir)) {
+        const VkPhysicalDeviceProperties *pr = &ctx->info.props;
+        char uuid[2 * VK_UUID_SIZE + 1];
+        for (unsigned i = 0; i < VK_UUID_SIZE; i++)
+            snprintf(uuid + 2 * i, 3, "%02x", pr->pipelineCacheUUID[i]);
+        snprintf(ctx->cache_path, sizeof ctx->cache_path, "%s/pipelines-%04x-%04x-%08x-%s-%016llx.bin", dir,
+                 pr->vendorID, pr->deviceID, pr->driverVersion, uuid,
+                 (unsigned long long)shader_build_hash());
+        /* A missing or unreadable file is an empty cache; the driver checks the header of what it gets. */
+        if (ddpm_read_file(ctx->cache_path, (size_t)1 << 28, &data, &size) != DDPM_OK) {
+            data = NULL;
+            size = 0;
+        }
+    }
+    VkPipelineCacheCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO};
+    ci.initialDataSize = size;
+    ci.pInitialData = data;
+    VkResult r = vkCreatePipelineCache(ctx->device, &ci, NULL, &ctx->pipeline_cache);
+    if (r < 0 && size) { /* a cache the driver refuses: start empty */
+        ci.initialDataSize = 0;
+        ci.pInitialData = NULL;
+        size = 0;
+        r = vkCreatePipelineCache(ctx->device, &ci, NULL, &ctx->pipeline_cache);
+    }
+    VK_TRY(r);
+    ctx->cache_loaded = size;
+cleanup:
+    free(data);
+    return res;
+}
+
+static int mkdir_p(char *path)
+{
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = 0;
+        int ok = mkdir(path, 0755) == 0 || errno == EEXIST;
+        *p = '/';
+        if (!ok)
+            return 0;
+    }
+    return mkdir(path, 0755) == 0 || errno == EEXIST;
+}
+
+/* Removes the cache files of older shader builds for the same device and driver: the name up to the
+ * shader hash (the last '-') is the same, the hash differs. */
+static void remove_stale_caches(const char *dir, const char *path)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    const char *dash = strrchr(base, '-');
+    if (!dash)
+        return;
+    size_t prefix = (size_t)(dash - base) + 1;
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    char full[1200];
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        if (len > prefix && strncmp(e->d_name, base, prefix) == 0 && strcmp(e->d_name, base) != 0 &&
+            strcmp(e->d_name + len - 4, ".bin") == 0 &&
+            snprintf(full, sizeof full, "%s/%s", dir, e->d_name) < (int)sizeof full)
+            (void)unlink(full);
+    }
+    closedir(d);
+}
+
+void vk_context_save_cache(vk_context *ctx)
+{
+    /* nothing new since the last save, or every pipeline came from the cache: nothing to write */
+    if (!ctx->device || !ctx->pipeline_cache || !ctx->cache_path[0] || ctx->pipelines_created == 0 ||
+        ctx->pipelines_cached == ctx->pipelines_created || ctx->cache_saved_at == ctx->pipelines_created)
+        return;
+    ctx->cache_saved_at = ctx->pipelines_created;
+    size_t size = 0;
+    if (vkGetPipelineCacheData(ctx->device, ctx->pipeline_cache, &size, NULL) != VK_SUCCESS || size == 0)
+        return;
+    void *data = malloc(size);
+    if (!data)
+        return;
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s", ctx->cache_path);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *slash = 0;
+    /* A cache that cannot be written only costs start-up time next run: no error. */
+    if (vkGetPipelineCacheData(ctx->device, ctx->pipeline_cache, &size, data) == VK_SUCCESS &&
+        (!slash || mkdir_p(dir)) && ddpm_write_file_atomic(ctx->cache_path, data, size) == DDPM_OK && slash)
+        remove_stale_caches(dir, ctx->cache_path);
+    free(data);
+}
+
+void vk_context_clamp_baseline(vk_context *ctx)
+{
+    vk_limits *l = &ctx->limits;
+#define CLAMP(field, v)                                                                                      \
+    if (l->field > (v))                                                                                      \
+    l->field = (v)
+    CLAMP(max_shared_memory, 16384u);
+    CLAMP(max_invocations, 128u);
+    for (int i = 0; i < 3; i++) {
+        CLAMP(max_group_size[i], 128u);
+        CLAMP(max_group_count[i], 65535u);
+    }
+    CLAMP(max_storage_range, 1u << 27);
+    CLAMP(max_push_constants, 128u);
+    CLAMP(max_storage_buffers, 4u);
+#undef CLAMP
+}
+
 /* ---- context --------------------------------------------------------------------------------- */
 
 ddpm_result vk_context_create(const char *spec, vk_context *ctx)
@@ -497,8 +652,12 @@ ddpm_result vk_context_create(const char *spec, vk_context *ctx)
     VkPhysicalDeviceFeatures2 features2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2};
     features2.pNext = &storage16;
 
-    const char *exts[2];
+    const char *exts[3];
     uint32_t n_exts = 0;
+    if (ctx->info.creation_feedback) {
+        exts[n_exts++] = VK_EXT_PIPELINE_CREATION_FEEDBACK_EXTENSION_NAME;
+        ctx->creation_feedback = 1;
+    }
     if (ctx->info.need_f16_ext)
         exts[n_exts++] = VK_KHR_SHADER_FLOAT16_INT8_EXTENSION_NAME;
     if (ctx->info.portability_subset)
@@ -524,6 +683,7 @@ ddpm_result vk_context_create(const char *spec, vk_context *ctx)
 
     VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
     VK_TRY(vkCreateFence(ctx->device, &fci, NULL, &ctx->fence));
+    TRY(pipeline_cache_open(ctx));
 
 cleanup:
     free(infos);
@@ -536,6 +696,9 @@ void vk_context_destroy(vk_context *ctx)
 {
     if (ctx->device) {
         vkDeviceWaitIdle(ctx->device);
+        vk_context_save_cache(ctx);
+        if (ctx->pipeline_cache)
+            vkDestroyPipelineCache(ctx->device, ctx->pipeline_cache, NULL);
         vk_buffer_destroy(ctx, &ctx->staging);
         if (ctx->fence)
             vkDestroyFence(ctx->device, ctx->fence, NULL);

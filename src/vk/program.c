@@ -5,8 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "noise_spv.h"
-#include "update_spv.h"
+#include "vk_shader_code.h"
 
 const vk_shader_code vk_shader_table[VK_SHADER_COUNT] = {
 #define X(n) {#n, spv_##n, sizeof spv_##n},
@@ -113,7 +112,22 @@ ddpm_result vk_program_create(vk_context *ctx, const vk_program_desc *desc, vk_p
     cpci.stage.pName = "main";
     cpci.stage.pSpecializationInfo = &spec;
     cpci.layout = out->layout;
-    VK_TRY(vkCreateComputePipelines(ctx->device, VK_NULL_HANDLE, 1, &cpci, NULL, &out->pipeline));
+    /* Creation feedback says whether the pipeline came from the cache (tests and --verbose use it). */
+    VkPipelineCreationFeedbackEXT fb = {0}, stage_fb = {0};
+    VkPipelineCreationFeedbackCreateInfoEXT fbci = {
+        .sType = VK_STRUCTURE_TYPE_PIPELINE_CREATION_FEEDBACK_CREATE_INFO_EXT};
+    fbci.pPipelineCreationFeedback = &fb;
+    fbci.pipelineStageCreationFeedbackCount = 1;
+    fbci.pPipelineStageCreationFeedbacks = &stage_fb;
+    if (ctx->creation_feedback)
+        cpci.pNext = &fbci;
+    double t0 = vk_now_ms();
+    VK_TRY(vkCreateComputePipelines(ctx->device, ctx->pipeline_cache, 1, &cpci, NULL, &out->pipeline));
+    ctx->pipeline_ms += vk_now_ms() - t0;
+    ctx->pipelines_created++;
+    if ((fb.flags & VK_PIPELINE_CREATION_FEEDBACK_VALID_BIT_EXT) &&
+        (fb.flags & VK_PIPELINE_CREATION_FEEDBACK_APPLICATION_PIPELINE_CACHE_HIT_BIT_EXT))
+        ctx->pipelines_cached++;
     vk_set_name(ctx, VK_OBJECT_TYPE_PIPELINE, (uint64_t)out->pipeline, sc->name);
 
     VkDescriptorPoolSize pool_size = {VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, desc->n_buffers * out->max_sets};

@@ -7,7 +7,16 @@
 #include "shared.h"
 #include "vk.h"
 
+#include <time.h>
 #include <volk.h>
+
+/* Monotonic milliseconds (timings for --verbose and the benchmark). */
+static inline double vk_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
 
 /* ---- errors ---------------------------------------------------------------------------------- */
 
@@ -56,6 +65,7 @@ typedef struct vk_device_info {
     int compute_family;     /* first queue family with compute, -1 if none */
     int need_f16_ext;       /* VK_KHR_shader_float16_int8 must be enabled for fp16 (API 1.1 devices) */
     int portability_subset; /* VK_KHR_portability_subset must be enabled (MoltenVK) */
+    int creation_feedback;  /* VK_EXT_pipeline_creation_feedback is available */
     const char *unusable;   /* NULL when the device can run ddpm-vk, else why not */
 } vk_device_info;
 
@@ -94,9 +104,17 @@ typedef struct vk_context {
     VkDevice device;
     uint32_t queue_family;
     VkQueue queue;
-    VkCommandPool pool;  /* command buffers may be reset individually */
-    VkCommandBuffer cmd; /* one-shot work: staging copies, ad-hoc dispatches */
-    VkFence fence;       /* every submission waits on it, then resets it */
+    VkCommandPool pool;             /* command buffers may be reset individually */
+    VkPipelineCache pipeline_cache; /* loaded from / saved to the disk cache (see vk_context_create) */
+    char cache_path[1024];          /* "" when there is no cache directory */
+    size_t cache_loaded;            /* bytes read from the cache file (0: none) */
+    uint32_t pipelines_created;     /* compute pipelines created in this context */
+    uint32_t pipelines_cached;      /* of those, reported as cache hits by pipeline creation feedback */
+    uint32_t cache_saved_at;        /* pipelines_created when the cache file was last written */
+    int creation_feedback;          /* VK_EXT_pipeline_creation_feedback is on */
+    double pipeline_ms;             /* time spent creating pipelines */
+    VkCommandBuffer cmd;            /* one-shot work: staging copies, ad-hoc dispatches */
+    VkFence fence;                  /* every submission waits on it, then resets it */
     vk_limits limits;
     const char *name; /* points into info.props.deviceName */
     /* Device-local memory that is also host-visible (UMA, lavapipe) is mapped and written directly.
@@ -108,6 +126,12 @@ typedef struct vk_context {
 /* Opens the device named by spec (see vk_backend_create in vk.h; NULL or "": the best type).
  * On failure everything created so far is destroyed and *ctx is zeroed. */
 ddpm_result vk_context_create(const char *spec, vk_context *ctx);
+/* Clamps the context's limits to the Android baseline 2022 floor (DESIGN.md): 16 KiB shared memory,
+ * 128 invocations (and per dimension), 2^27-byte storage buffer range, 128 bytes of push constants,
+ * 4 storage buffers per stage. Call before creating programs. */
+void vk_context_clamp_baseline(vk_context *ctx);
+/* Writes the pipeline cache to disk when it changed (atomic); also done by vk_context_destroy. */
+void vk_context_save_cache(vk_context *ctx);
 /* Waits for the device to go idle, then destroys in reverse order. A zeroed context is ignored. */
 void vk_context_destroy(vk_context *ctx);
 
@@ -154,11 +178,9 @@ ddpm_result vk_buffer_download(vk_context *ctx, const vk_buffer *b, VkDeviceSize
 
 /* ---- programs -------------------------------------------------------------------------------- */
 
-/* Every embedded shader (shaders/<name>.comp, compiled at build time to spv_<name>). Adding a shader:
- * its name here, in meson.build's shader_names, and its _spv.h include in program.c. */
-#define VK_SHADERS(X)                                                                                        \
-    X(noise)                                                                                                 \
-    X(update)
+/* Every embedded shader variant: VK_SHADERS(X) comes from the `shaders` list in meson.build (adding a
+ * shader is one entry there), generated into vk_shader_list.h. */
+#include "vk_shader_list.h"
 
 typedef enum vk_shader_id {
 #define X(name) VK_SHADER_##name,
@@ -244,5 +266,82 @@ typedef struct vk_update_push {
     uint32_t first_image;
     uint32_t seed_lo, seed_hi;
 } vk_update_push;
+
+/* conv2d.comp (also every linear layer: a 1x1 convolution over a 1x1 image). */
+typedef struct vk_conv_push {
+    uint32_t in_off, in_bs, out_off, out_bs;
+    uint32_t temb_off, temb_bs, res_off, res_bs;
+    uint32_t w_off, b_off;
+    uint32_t ci, h, w, co, ho, wo;
+    uint32_t k, stride, pad_t, pad_l;
+    uint32_t n_total;
+    uint32_t flags;
+    float scale;
+} vk_conv_push;
+
+typedef struct vk_groupnorm_push {
+    uint32_t in_off, in_bs, out_off, out_bs;
+    uint32_t gamma_off, beta_off;
+    uint32_t c, hw, groups, silu;
+    float eps;
+} vk_groupnorm_push;
+
+typedef struct vk_attention_push {
+    uint32_t q_off, q_bs, k_off, k_bs, v_off, v_bs, out_off, out_bs;
+    uint32_t hw;
+    float scale;
+} vk_attention_push;
+
+typedef struct vk_time_embed_push {
+    uint32_t out_off, out_bs, c, n_images, flip;
+    float freq_shift;
+} vk_time_embed_push;
+
+typedef struct vk_eltwise_push {
+    uint32_t mode, n, n_images;
+    uint32_t in_off, in_bs, out_off, out_bs;
+    uint32_t h, w;
+} vk_eltwise_push;
+
+/* ---- the U-Net on the GPU (unet.c) --------------------------------------------------------------- */
+
+typedef struct vk_unet vk_unet;
+
+enum { VK_CONV_AUTO = 0, VK_CONV_SHARED, VK_CONV_REG };
+
+typedef struct vk_unet_desc {
+    const ddpm_graph *graph;
+    const float *const *weights; /* float32, per graph param */
+    int chunk;                   /* images per evaluation (the arena is planned for this many) */
+    int fp16;                    /* fp16 storage of activations and weights (needs storage16) */
+    int keep_all;                /* no memory reuse: every value can be downloaded (tests) */
+    int conv;                    /* VK_CONV_AUTO (register tiles on CPU devices, else shared-memory
+                                  * tiles), VK_CONV_SHARED or VK_CONV_REG (tests run both) */
+    uint32_t group;              /* workgroup invocations; 0: 256 on GPUs, 64 on CPU devices (tests set
+                                  * 256 to run the GPU configuration on lavapipe); capped by the device */
+    /* The float32 input x (n, in) and output (n, out) buffers, the coefficient table and the step index
+     * (TIME_EMBED reads t = coef[step * DDPM_COEF_STRIDE + DDPM_COEF_T]). */
+    const vk_buffer *x, *out, *coef, *step;
+} vk_unet_desc;
+
+/* Creates the programs, uploads the weights (split into arenas within the storage buffer range) and
+ * allocates the activation arena. */
+ddpm_result vk_unet_create(vk_context *ctx, const vk_unet_desc *d, vk_unet **out);
+/* Records one evaluation for images first .. first + n - 1 (n <= chunk) of x into the same images of
+ * out: copy in, every node (barriers only between dependent nodes), copy out. Starts and ends with a
+ * compute barrier. */
+ddpm_result vk_unet_record(vk_unet *u, VkCommandBuffer cmd, int first, int n);
+/* Downloads value v of the n images of the last evaluation (keep_all, or a value still live at the end)
+ * as float32 (n, numel). */
+ddpm_result vk_unet_download(vk_unet *u, int v, int n, float *host);
+/* Dispatches (nodes with work + the copies in and out) and barriers between them in the last
+ * vk_unet_record. */
+void vk_unet_counts(const vk_unet *u, uint32_t *dispatches, uint32_t *barriers);
+/* Device bytes held: weights, activation arena. */
+void vk_unet_memory(const vk_unet *u, uint64_t *weights, uint64_t *arena);
+/* Records node `node` alone for n images (the per-layer benchmark): it reads whatever its input
+ * buffers hold (valid values after a keep_all evaluation). */
+ddpm_result vk_unet_record_node(vk_unet *u, VkCommandBuffer cmd, int node, int n);
+void vk_unet_destroy(vk_unet *u);
 
 #endif
