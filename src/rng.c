@@ -79,7 +79,7 @@ void rng_normal_fill(float *out, int64_t per_image, int n_images, int first_imag
     const int64_t blocks = (per_image + 3) / 4; /* Philox blocks per image; the last may be partial */
     const int64_t total = blocks * n_images;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (total > 16384)
 #endif
     for (int64_t j = 0; j < total; j++) {
         int64_t img = j / blocks, blk = j % blocks;

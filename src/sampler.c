@@ -198,7 +198,7 @@ void update_cpu(float *x_out, const float *x, const float *model_out, const floa
     const int64_t blocks = (per_image + 3) / 4; /* one Philox block gives the noise of 4 elements */
     const int64_t total = blocks * n_images;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (total > 16384)
 #endif
     for (int64_t j = 0; j < total; j++) {
         const int64_t img = j / blocks, blk = j % blocks;

@@ -18,6 +18,10 @@
 #define HAVE_X86_AVX2_KERNEL 1
 #endif
 
+/* Multiply-adds below which a convolution runs on one thread: a parallel region costs more than the work,
+ * and far more when another process holds a core (a spinning team waits for a descheduled thread). */
+#define CPU_PARALLEL_MIN_FLOPS (1 << 20)
+
 static int max_threads(void)
 {
 #ifdef _OPENMP
@@ -114,7 +118,7 @@ void conv2d_forward_naive(float *out, const float *inp, const float *w, const fl
     int Ho = (H + pt + pb - k) / stride + 1, Wo = (W + pl + pr - k) / stride + 1;
     if (Ho <= 0 || Wo <= 0)
         return;
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if ((int64_t)B * Co * Ho * Wo * Ci * k * k > CPU_PARALLEL_MIN_FLOPS)
     for (int bi = 0; bi < B; bi++) {
         for (int co = 0; co < Co; co++) {
             float *o = out + ((size_t)bi * Co + co) * Ho * Wo;
@@ -334,7 +338,7 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
     int m_panels = (Co + CONV_MR - 1) / CONV_MR;
     int m_groups = (m_panels + CONV_MG - 1) / CONV_MG;
     int64_t n_tasks = (int64_t)B * n_chunks * m_groups;
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if ((int64_t)B * Co * N * K > CPU_PARALLEL_MIN_FLOPS)
     for (int64_t task = 0; task < n_tasks; task++) {
         int mg = (int)(task % m_groups);
         int chunk = (int)(task / m_groups % n_chunks);
