@@ -16,7 +16,8 @@ const uint L = gl_WorkGroupSize.x;
 #define QB 4u   // queries per workgroup
 #define MAXC 8u // channels per invocation
 
-layout(std430, binding = 0) buffer Act { ACT_T act[]; };
+layout(std430, binding = 0) buffer Act { ACT_T act[]; };   // q, k, v (one buffer)
+layout(std430, binding = 1) buffer Out { ACT_T outp[]; }; // the output's activation buffer
 
 // Mirrors vk_attention_push in src/vk/vk_internal.h.
 layout(push_constant) uniform Push {
@@ -32,6 +33,7 @@ const float NEG_BIG = -3.0e38;
 
 void main()
 {
+    KEEP_READ_WRITE(pc.hw == 0u, act, outp)
     uint lane = gl_LocalInvocationID.x;
     uint i0 = gl_WorkGroupID.x * QB;
     uint head = gl_WorkGroupID.y, b = gl_WorkGroupID.z;
@@ -97,13 +99,13 @@ void main()
             vec4 o = acc[r] * inv;
             uint base = ob + c * pc.hw;
             if (i0 < pc.hw)
-                act[base + i0] = TO_ACT(o.x);
+                outp[base + i0] = TO_ACT(o.x);
             if (i0 + 1u < pc.hw)
-                act[base + i0 + 1u] = TO_ACT(o.y);
+                outp[base + i0 + 1u] = TO_ACT(o.y);
             if (i0 + 2u < pc.hw)
-                act[base + i0 + 2u] = TO_ACT(o.z);
+                outp[base + i0 + 2u] = TO_ACT(o.z);
             if (i0 + 3u < pc.hw)
-                act[base + i0 + 3u] = TO_ACT(o.w);
+                outp[base + i0 + 3u] = TO_ACT(o.w);
         }
     }
 }

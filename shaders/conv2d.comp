@@ -23,8 +23,11 @@ const uint WM = gl_WorkGroupSize.y;
 const uint TM = WM * RM;
 const uint TN = WN * RN;
 
+// The node's reads (input, time embedding, residual) share one activation buffer; the output may sit
+// in another (or the same) one.
 layout(std430, binding = 0) buffer Act { ACT_T act[]; };
 layout(std430, binding = 1) readonly buffer Wt { ACT_T wt[]; };
+layout(std430, binding = 2) buffer Out { ACT_T outp[]; };
 
 // Mirrors vk_conv_push in src/vk/vk_internal.h.
 layout(push_constant) uniform Push {
@@ -48,6 +51,7 @@ shared int Koff[TK], Ky[TK], Kx[TK]; // per row of the K slice: c * H * W (-1 pa
 // Bias, time embedding, residual, scale and SiLU on one output, then the store.
 void store_one(uint gm, float acc, uint gn, uint hw_out)
 {
+    KEEP_READ_WRITE(pc.co == 0u, act, outp)
     if (gm >= pc.co || gn >= pc.n_total)
         return;
     uint b = gn / hw_out, p = gn % hw_out;
@@ -59,7 +63,7 @@ void store_one(uint gm, float acc, uint gn, uint hw_out)
     v *= pc.scale;
     if ((pc.flags & VK_CONV_SILU) != 0u)
         v = v / (1.0 + exp(-v));
-    act[pc.out_off + b * pc.out_bs + gm * hw_out + p] = TO_ACT(v);
+    outp[pc.out_off + b * pc.out_bs + gm * hw_out + p] = TO_ACT(v);
 }
 
 // four channels of one pixel

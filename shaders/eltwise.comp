@@ -7,8 +7,9 @@
 
 layout(local_size_x_id = 0) in;
 
-layout(std430, binding = 0) buffer Act { ACT_T act[]; };
-layout(std430, binding = 1) buffer Ext { float ext[]; }; // x or model_out, float32 (n, per_image)
+layout(std430, binding = 0) buffer Act { ACT_T act[]; };   // the input's activation buffer
+layout(std430, binding = 1) buffer Ext { float ext[]; };            // x or model_out, float32 (n, per_image)
+layout(std430, binding = 2) buffer Out { ACT_T outp[]; }; // the output's activation buffer
 
 // Mirrors vk_eltwise_push in src/vk/vk_internal.h.
 layout(push_constant) uniform Push {
@@ -22,6 +23,7 @@ layout(push_constant) uniform Push {
 // x: elements of an image (a grid-stride loop, so any size fits the group-count limit), y: images.
 void main()
 {
+    KEEP_READ_WRITE(pc.n == 0u, act, outp)
     uint b = gl_GlobalInvocationID.y;
     if (b >= pc.n_images)
         return;
@@ -30,14 +32,14 @@ void main()
         uint o = pc.out_off + b * pc.out_bs + e;
         if (pc.mode == VK_ELTWISE_SILU) {
             float x = float(act[pc.in_off + b * pc.in_bs + e]);
-            act[o] = TO_ACT(x / (1.0 + exp(-x)));
+            outp[o] = TO_ACT(x / (1.0 + exp(-x)));
         } else if (pc.mode == VK_ELTWISE_UPSAMPLE) {
             uint w2 = 2u * pc.w, hw2 = 4u * pc.h * pc.w;
             uint c = e / hw2, p = e % hw2;
             uint y = p / w2, x = p % w2;
-            act[o] = act[pc.in_off + b * pc.in_bs + c * pc.h * pc.w + (y / 2u) * pc.w + x / 2u];
+            outp[o] = act[pc.in_off + b * pc.in_bs + c * pc.h * pc.w + (y / 2u) * pc.w + x / 2u];
         } else if (pc.mode == VK_ELTWISE_CAST_IN) {
-            act[o] = TO_ACT(ext[pc.in_off + b * pc.in_bs + e]);
+            outp[o] = TO_ACT(ext[pc.in_off + b * pc.in_bs + e]);
         } else {
             ext[o] = float(act[pc.in_off + b * pc.in_bs + e]);
         }

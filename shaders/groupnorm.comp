@@ -8,8 +8,9 @@
 layout(local_size_x_id = 0) in;
 const uint NT = gl_WorkGroupSize.x;
 
-layout(std430, binding = 0) buffer Act { ACT_T act[]; };
+layout(std430, binding = 0) buffer Act { ACT_T act[]; }; // the input
 layout(std430, binding = 1) readonly buffer Wt { ACT_T wt[]; };
+layout(std430, binding = 2) buffer Out { ACT_T outp[]; }; // the output's activation buffer
 
 // Mirrors vk_groupnorm_push in src/vk/vk_internal.h.
 layout(push_constant) uniform Push {
@@ -38,6 +39,7 @@ float reduce_sum(float v)
 
 void main()
 {
+    KEEP_READ_WRITE(pc.c == 0u, act, outp)
     uint g = gl_WorkGroupID.x, b = gl_WorkGroupID.y, t = gl_LocalInvocationID.x;
     uint cg = pc.c / pc.groups;
     uint n = cg * pc.hw;
@@ -61,7 +63,7 @@ void main()
             float y = (float(act[ibase + off + i]) - mean) * sc + be;
             if (pc.silu != 0u)
                 y = y / (1.0 + exp(-y));
-            act[obase + off + i] = TO_ACT(y);
+            outp[obase + off + i] = TO_ACT(y);
         }
     }
 }

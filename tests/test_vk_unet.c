@@ -25,6 +25,9 @@
 #define FWD16 1e-2f
 #define SAMPLE32 2e-3f
 #define SAMPLE16 5e-2f
+/* Bytes per activation buffer in the split test: unet_a's 2-image activations (150 KiB in one buffer)
+ * then need at least 3. */
+#define ACT_SPLIT_RANGE (64u * 1024u)
 
 static const char *spec;
 
@@ -188,9 +191,11 @@ static void test_chunks(vk_context *ctx)
     ddpm_model_free(m);
 }
 
-/* The storage buffer range clamped to 96 KiB: unet_a's 279 KiB of weights are split across several
- * buffers (each node's weights in one) and the result still equals the CPU's. */
-static void test_split_weights(void)
+/* Buffers split: with the storage buffer range clamped to 96 KiB, unet_a's 279 KiB of weights are
+ * split across several buffers (each node's weights in one); with act_range set, the activations of
+ * `batch` images spread over several buffers of at most act_range bytes (the values a node reads
+ * together in one). Either way the result equals the CPU's. */
+static void test_split(int batch, uint64_t act_range)
 {
     vk_context ctx;
     ddpm_model *m = NULL;
@@ -201,14 +206,15 @@ static void test_split_weights(void)
         vk_context_destroy(&ctx);
         return;
     }
-    ctx.limits.max_storage_range = 96 * 1024;
+    if (!act_range)
+        ctx.limits.max_storage_range = 96 * 1024;
     const ddpm_graph *g = &m->graph;
-    int64_t nx = value_numel(&g->values[g->input]);
+    int64_t nx = value_numel(&g->values[g->input]) * batch;
     float *x = malloc((size_t)nx * 4), *got = malloc((size_t)nx * 4), *want = malloc((size_t)nx * 4);
     for (int64_t i = 0; i < nx; i++)
         x[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
-    float t = 517.0f, coef[DDPM_COEF_STRIDE] = {0};
-    coef[DDPM_COEF_T] = t;
+    float t[2] = {517.0f, 517.0f}, coef[DDPM_COEF_STRIDE] = {0};
+    coef[DDPM_COEF_T] = t[0];
     vk_buffer xb = {0}, ob = {0}, cb = {0}, sb = {0};
     vk_unet *u = NULL;
     r = vk_buffer_create(&ctx, (size_t)nx * 4, VK_MEM_DEVICE, "x", &xb);
@@ -221,7 +227,8 @@ static void test_split_weights(void)
         memset(sb.mapped, 0, 4);
     vk_unet_desc d = {.graph = g,
                       .weights = (const float *const *)m->weights,
-                      .chunk = 1,
+                      .chunk = batch,
+                      .act_range = act_range,
                       .x = &xb,
                       .out = &ob,
                       .coef = &cb,
@@ -229,24 +236,39 @@ static void test_split_weights(void)
     r = r ? r : vk_unet_create(&ctx, &d, &u);
     VkCommandBuffer cmd;
     r = r ? r : vk_oneshot_begin(&ctx, &cmd);
-    r = r ? r : vk_unet_record(u, cmd, 0, 1);
+    r = r ? r : vk_unet_record(u, cmd, 0, batch);
     if (r == DDPM_OK)
         vk_barrier_from_compute(cmd);
     r = r ? r : vk_oneshot_end(&ctx);
     r = r ? r : vk_buffer_download(&ctx, &ob, 0, got, (size_t)nx * 4);
-    CHECK(r == DDPM_OK, "split weights: %s", ddpm_last_error());
+    CHECK(r == DDPM_OK, "split buffers: %s", ddpm_last_error());
     if (u) {
-        uint64_t wbytes, abytes;
+        uint64_t wbytes, abytes, largest;
         vk_unet_memory(u, &wbytes, &abytes);
-        printf("weights %llu bytes in buffers of at most %u bytes, activations %llu bytes\n",
-               (unsigned long long)wbytes, ctx.limits.max_storage_range, (unsigned long long)abytes);
-        CHECK(wbytes > ctx.limits.max_storage_range && abytes <= ctx.limits.max_storage_range,
-              "the weights need several buffers");
+        int n_act = vk_unet_act_buffers(u, &largest);
+        printf(
+            "weights %llu bytes in buffers of at most %u bytes, activations %llu bytes in %d buffer%s of at "
+            "most %llu bytes\n",
+            (unsigned long long)wbytes, ctx.limits.max_storage_range, (unsigned long long)abytes, n_act,
+            n_act == 1 ? "" : "s", (unsigned long long)largest);
+        if (!act_range)
+            CHECK(wbytes > ctx.limits.max_storage_range && abytes <= ctx.limits.max_storage_range &&
+                      n_act == 1,
+                  "the weights need several buffers, the activations one");
+        else
+            CHECK(n_act >= 3 && largest <= act_range && abytes > act_range,
+                  "the activations spread over several buffers within %llu bytes",
+                  (unsigned long long)act_range);
     }
-    r = cpu_unet_forward(g, (const float *const *)m->weights, 1, x, &t, want);
-    CHECK(r == DDPM_OK && test_close("unet_a, weights split across buffers of 96 KiB, vs CPU", got, want, nx,
-                                     FWD32, FWD32),
-          "split weights");
+    r = cpu_unet_forward(g, (const float *const *)m->weights, batch, x, t, want);
+    char what[160];
+    if (act_range)
+        snprintf(what, sizeof what,
+                 "unet_a, %d image%s, activations split across buffers of %llu bytes, vs CPU", batch,
+                 batch == 1 ? "" : "s", (unsigned long long)act_range);
+    else
+        snprintf(what, sizeof what, "unet_a, weights split across buffers of 96 KiB, vs CPU");
+    CHECK(r == DDPM_OK && test_close(what, got, want, nx, FWD32, FWD32), "%s", what);
     vk_unet_destroy(u);
     vk_buffer_destroy(&ctx, &xb);
     vk_buffer_destroy(&ctx, &ob);
@@ -256,6 +278,81 @@ static void test_split_weights(void)
     free(x);
     free(got);
     free(want);
+    ddpm_model_free(m);
+}
+
+/* The activation plan with a small buffer limit (no device): several buffers within the limit, the
+ * values a node reads in one buffer, no two values alive at once overlapping; a limit below one tensor
+ * refused; the memory estimate of one image above the range is one image spread over buffers. */
+static void test_split_plan(void)
+{
+    ddpm_model *m = NULL;
+    ddpm_result r = ddpm_model_load(test_fixture_path("unet_a.safetensors"), &m);
+    CHECK(r == DDPM_OK, "load");
+    if (r != DDPM_OK)
+        return;
+    const ddpm_graph *g = &m->graph;
+    int nv = g->n_values, nn = g->n_nodes, batch = 2;
+    int64_t max_elems = ACT_SPLIT_RANGE / 4;
+    vk_plan p;
+    r = vk_plan_make(g, batch, 0, max_elems, &p);
+    CHECK(r == DDPM_OK && p.n_bufs >= 3, "plan in buffers of %lld elements: %d buffers (%s)",
+          (long long)max_elems, p.n_bufs, ddpm_last_error());
+    if (r == DDPM_OK) {
+        int *def = calloc((size_t)nv, sizeof *def), *last = calloc((size_t)nv, sizeof *last), bad = 0;
+        for (int v = 0; v < nv; v++) {
+            def[v] = v == g->input ? -1 : nn + 1;
+            last[v] = v == g->output ? nn : -2;
+        }
+        for (int i = 0; i < nn; i++) {
+            def[g->nodes[i].out] = i;
+            for (int k = 0; k < 3; k++)
+                if (g->nodes[i].in[k] >= 0)
+                    last[g->nodes[i].in[k]] = i;
+        }
+        for (int v = 0; v < nv; v++) { /* a root's life spans its members' */
+            int rt = p.root[v];
+            def[rt] = def[v] < def[rt] ? def[v] : def[rt];
+            last[rt] = last[v] > last[rt] ? last[v] : last[rt];
+        }
+        for (int b = 0; b < p.n_bufs; b++)
+            bad += p.buf_elems[b] > max_elems;
+        for (int a = 0; a < nv; a++) {
+            if (p.root[a] != a || p.off[a] < 0)
+                continue;
+            int64_t ea = p.off[a] + batch * p.bs[a];
+            for (int b = a + 1; b < nv; b++) {
+                if (p.root[b] != b || p.off[b] < 0 || p.buf[b] != p.buf[a])
+                    continue;
+                int la = last[a] > def[a] ? last[a] : def[a], lb = last[b] > def[b] ? last[b] : def[b];
+                int alive = def[a] <= lb && def[b] <= la;
+                int64_t eb = p.off[b] + batch * p.bs[b];
+                bad += alive && p.off[a] < eb && p.off[b] < ea;
+            }
+        }
+        for (int i = 0; i < nn; i++) {
+            const ddpm_node *n = &g->nodes[i];
+            if (n->op == OP_CONCAT || n->op == OP_TIME_EMBED)
+                continue;
+            for (int k = 1; k < 3; k++)
+                bad += n->in[k] >= 0 && n->op != OP_LINEAR && p.buf[n->in[k]] != p.buf[n->in[0]];
+        }
+        CHECK(bad == 0,
+              "%d buffers within %lld elements, live values disjoint, a node's reads in one buffer: %d "
+              "violations",
+              p.n_bufs, (long long)max_elems, bad);
+        free(def);
+        free(last);
+        vk_plan_free(&p);
+    }
+    r = vk_plan_make(g, batch, 0, 64, &p);
+    CHECK(r == DDPM_ERR_UNSUPPORTED, "a limit of 64 elements refused: %s", ddpm_last_error());
+    printf("refusal: %s\n", ddpm_last_error());
+    vk_mem_estimate e;
+    r = vk_plan_memory(g, 5, 4, ACT_SPLIT_RANGE / 2, 10, &e);
+    CHECK(r == DDPM_OK && e.chunk == 1 && e.activations > ACT_SPLIT_RANGE / 2,
+          "one image over several buffers: chunk %d, %llu bytes of activations", e.chunk,
+          (unsigned long long)e.activations);
     ddpm_model_free(m);
 }
 
@@ -460,7 +557,9 @@ int main(void)
         vk_context_destroy(&ctx);
     }
 
-    test_split_weights();
+    test_split(1, 0);
+    test_split(2, ACT_SPLIT_RANGE);
+    test_split_plan();
     test_sampling("a", DDPM_SAMPLER_DDPM, 40, 3, 32, 0);
     test_sampling("a", DDPM_SAMPLER_DDIM, 20, 3, 32, 0);
     test_sampling("a", DDPM_SAMPLER_DDIM, 10, 2, 16, 0);

@@ -17,19 +17,25 @@ void vk_plan_free(vk_plan *p)
     free(p->off);
     free(p->bs);
     free(p->root);
+    free(p->buf);
+    free(p->buf_elems);
     memset(p, 0, sizeof *p);
 }
 
 typedef struct live_block {
+    int buf;
     int64_t off, size;
-    int root;
+    int group;
 } live_block;
 
-/* Lowest offset where `size` elements fit between the live blocks (kept sorted by offset). */
-static int64_t first_fit(const live_block *blocks, int n, int64_t size)
+/* Lowest offset of buffer `buf` where `size` elements fit between its live blocks (blocks sorted by
+ * buffer, then offset). */
+static int64_t first_fit(const live_block *blocks, int n, int buf, int64_t size)
 {
     int64_t at = 0;
     for (int i = 0; i < n; i++) {
+        if (blocks[i].buf != buf)
+            continue;
         if (blocks[i].off - at >= size)
             return at;
         if (blocks[i].off + blocks[i].size > at)
@@ -38,29 +44,149 @@ static int64_t first_fit(const live_block *blocks, int n, int64_t size)
     return at;
 }
 
-ddpm_result vk_plan_make(const ddpm_graph *g, int batch, int keep_all, vk_plan *p)
+static int find(int *parent, int v)
+{
+    while (parent[v] != v)
+        v = parent[v] = parent[parent[v]];
+    return v;
+}
+
+/* Places the stored roots: each group (grp[v], the representative of root v's group) is one block
+ * holding its members side by side, live from the first write of any member to the last read of any,
+ * in the first buffer where it fits below max_elems (0: one unbounded buffer). */
+static ddpm_result place(const ddpm_graph *g, const int *grp, const int *def, const int *last, int batch,
+                         int keep_all, int64_t max_elems, vk_plan *p)
+{
+    ddpm_result res = DDPM_OK;
+    int nv = g->n_values, nn = g->n_nodes;
+    int64_t *gsize = ddpm_calloc((size_t)nv, sizeof *gsize), *goff = ddpm_calloc((size_t)nv, sizeof *goff);
+    int64_t *gat = ddpm_calloc((size_t)nv, sizeof *gat);
+    int *gdef = ddpm_calloc((size_t)nv, sizeof *gdef), *glast = ddpm_calloc((size_t)nv, sizeof *glast);
+    int *gbuf = ddpm_calloc((size_t)nv, sizeof *gbuf);
+    live_block *blocks = ddpm_calloc((size_t)nv + 1, sizeof *blocks);
+    int n_blocks = 0, cap_bufs = 0;
+    free(p->buf_elems);
+    p->buf_elems = NULL;
+    p->n_bufs = 0;
+    p->arena = 0;
+    if (!gsize || !goff || !gat || !gdef || !glast || !gbuf || !blocks) {
+        res = DDPM_ERR_NOMEM;
+        goto cleanup;
+    }
+    for (int v = 0; v < nv; v++) {
+        gdef[v] = nn + 1;
+        glast[v] = -2;
+    }
+    for (int v = 0; v < nv; v++) {
+        if (p->root[v] != v || def[v] > nn)
+            continue;
+        int r = grp[v];
+        goff[v] = gsize[r];
+        gsize[r] += align_up((int64_t)batch * value_numel(&g->values[v]));
+        if (def[v] < gdef[r])
+            gdef[r] = def[v];
+        if (last[v] > glast[r])
+            glast[r] = last[v];
+    }
+    /* Walk the nodes: allocate the groups first written at step i, then free those last read there. */
+    for (int i = -1; i <= nn; i++) {
+        for (int r = 0; r < nv; r++) {
+            if (gdef[r] != i)
+                continue;
+            int64_t size = gsize[r], at = 0;
+            if (max_elems > 0 && size > max_elems) {
+                const ddpm_value *x = &g->values[r];
+                res = ddpm_fail(DDPM_ERR_UNSUPPORTED,
+                                "vulkan: a %dx%dx%d tensor of %d image%s (with the values read beside it) "
+                                "needs %lld elements, above the buffer range of %lld",
+                                x->c, x->h, x->w, batch, batch == 1 ? "" : "s", (long long)size,
+                                (long long)max_elems);
+                goto cleanup;
+            }
+            int b = 0;
+            for (; b < p->n_bufs; b++) {
+                at = first_fit(blocks, n_blocks, b, size);
+                if (max_elems <= 0 || at + size <= max_elems)
+                    break;
+            }
+            if (b == p->n_bufs) { /* a new buffer */
+                if (p->n_bufs == cap_bufs) {
+                    int cap = cap_bufs ? cap_bufs * 2 : 4;
+                    int64_t *e = realloc(p->buf_elems, (size_t)cap * sizeof *e);
+                    if (!e) {
+                        res = ddpm_fail(DDPM_ERR_NOMEM, "out of memory planning the activations");
+                        goto cleanup;
+                    }
+                    p->buf_elems = e;
+                    cap_bufs = cap;
+                }
+                p->buf_elems[p->n_bufs++] = 0;
+                at = 0;
+            }
+            int pos = 0;
+            while (pos < n_blocks && (blocks[pos].buf < b || (blocks[pos].buf == b && blocks[pos].off < at)))
+                pos++;
+            memmove(blocks + pos + 1, blocks + pos, (size_t)(n_blocks - pos) * sizeof *blocks);
+            blocks[pos] = (live_block){b, at, size, r};
+            n_blocks++;
+            gbuf[r] = b;
+            gat[r] = at;
+            if (at + size > p->buf_elems[b])
+                p->buf_elems[b] = at + size;
+        }
+        if (keep_all)
+            continue;
+        for (int k = 0; k < n_blocks;) {
+            if (glast[blocks[k].group] == i) {
+                memmove(blocks + k, blocks + k + 1, (size_t)(n_blocks - k - 1) * sizeof *blocks);
+                n_blocks--;
+            } else {
+                k++;
+            }
+        }
+    }
+    for (int b = 0; b < p->n_bufs; b++)
+        p->arena += p->buf_elems[b];
+    for (int v = 0; v < nv; v++) {
+        if (p->root[v] != v || def[v] > nn)
+            continue;
+        p->off[v] = gat[grp[v]] + goff[v];
+        p->buf[v] = gbuf[grp[v]];
+    }
+cleanup:
+    free(gsize);
+    free(goff);
+    free(gat);
+    free(gdef);
+    free(glast);
+    free(gbuf);
+    free(blocks);
+    return res;
+}
+
+ddpm_result vk_plan_make(const ddpm_graph *g, int batch, int keep_all, int64_t max_elems, vk_plan *p)
 {
     ddpm_result res = DDPM_OK;
     memset(p, 0, sizeof *p);
     int nv = g->n_values, nn = g->n_nodes;
-    int *def = NULL, *last = NULL;
+    int *def = NULL, *last = NULL, *grp = NULL;
     int64_t *choff = NULL; /* offset of a value inside its root, per image */
-    live_block *blocks = NULL;
-    int n_blocks = 0;
     p->batch = batch;
     p->off = ddpm_calloc((size_t)nv, sizeof *p->off);
     p->bs = ddpm_calloc((size_t)nv, sizeof *p->bs);
     p->root = ddpm_calloc((size_t)nv, sizeof *p->root);
+    p->buf = ddpm_calloc((size_t)nv, sizeof *p->buf);
     def = ddpm_calloc((size_t)nv, sizeof *def);
     last = ddpm_calloc((size_t)nv, sizeof *last);
+    grp = ddpm_calloc((size_t)nv, sizeof *grp);
     choff = ddpm_calloc((size_t)nv, sizeof *choff);
-    blocks = ddpm_calloc((size_t)nv + 1, sizeof *blocks);
-    if (!p->off || !p->bs || !p->root || !def || !last || !choff || !blocks) {
+    if (!p->off || !p->bs || !p->root || !p->buf || !def || !last || !grp || !choff) {
         res = DDPM_ERR_NOMEM;
         goto cleanup;
     }
     for (int v = 0; v < nv; v++) {
         p->root[v] = v;
+        grp[v] = v;
         def[v] = nn + 1; /* never written */
         last[v] = -2;
     }
@@ -111,49 +237,47 @@ ddpm_result vk_plan_make(const ddpm_graph *g, int batch, int keep_all, vk_plan *
         if (p->root[v] == v && def[v] <= nn && last[v] < def[v])
             last[v] = def[v]; /* written, never read: freed right after its node */
 
-    /* Walk the nodes: allocate the roots first written at step i, then free those last read there. */
-    for (int i = -1; i <= nn; i++) {
-        for (int v = 0; v < nv; v++) {
-            if (p->root[v] != v || def[v] != i)
+    /* One buffer when everything fits it (or nothing limits it); else groups of the values each node
+     * reads together, spread over several buffers. */
+    TRY(place(g, grp, def, last, batch, keep_all, 0, p));
+    if (max_elems > 0 && p->arena > max_elems) {
+        for (int i = 0; i < nn; i++) {
+            const ddpm_node *n = &g->nodes[i];
+            if (n->op == OP_CONCAT || n->op == OP_TIME_EMBED)
                 continue;
-            int64_t size = align_up((int64_t)batch * value_numel(&g->values[v]));
-            int64_t at = first_fit(blocks, n_blocks, size);
-            int pos = 0;
-            while (pos < n_blocks && blocks[pos].off < at)
-                pos++;
-            memmove(blocks + pos + 1, blocks + pos, (size_t)(n_blocks - pos) * sizeof *blocks);
-            blocks[pos] = (live_block){at, size, v};
-            n_blocks++;
-            p->off[v] = at;
-            if (at + size > p->arena)
-                p->arena = at + size;
-        }
-        if (keep_all)
-            continue;
-        for (int b = 0; b < n_blocks;) {
-            if (last[blocks[b].root] == i) {
-                memmove(blocks + b, blocks + b + 1, (size_t)(n_blocks - b - 1) * sizeof *blocks);
-                n_blocks--;
-            } else {
-                b++;
+            int first = -1;
+            for (int k = 0; k < (n->op == OP_LINEAR ? 1 : 3); k++) {
+                int v = n->in[k];
+                if (v < 0 || def[p->root[v]] > nn)
+                    continue;
+                int r = find(grp, p->root[v]);
+                if (first < 0)
+                    first = r;
+                else if (r != first)
+                    grp[r] = first;
             }
         }
+        for (int v = 0; v < nv; v++)
+            grp[v] = find(grp, v);
+        TRY(place(g, grp, def, last, batch, keep_all, max_elems, p));
     }
     for (int v = 0; v < nv; v++) {
         int r = p->root[v];
         if (def[r] > nn) {
             p->off[v] = -1; /* never stored (the timestep is read from the coefficient table) */
+            p->buf[v] = -1;
             p->bs[v] = 0;
             continue;
         }
-        p->off[v] = p->off[r] + choff[v];
+        p->off[v] = p->off[r] + (r != v ? choff[v] : 0);
+        p->buf[v] = p->buf[r];
         p->bs[v] = value_numel(&g->values[r]);
     }
 cleanup:
     free(def);
     free(last);
+    free(grp);
     free(choff);
-    free(blocks);
     if (res != DDPM_OK)
         vk_plan_free(p);
     return res;
@@ -208,11 +332,12 @@ static uint64_t weights_bytes(const ddpm_graph *g, int elem_bytes, uint64_t max_
     return total;
 }
 
-/* Arena bytes for `batch` images (UINT64_MAX on failure). */
-static uint64_t arena_bytes(const ddpm_graph *g, int batch, int elem_bytes)
+/* Activation bytes of `batch` images, every buffer within max_range (0: one buffer); UINT64_MAX when
+ * impossible. */
+static uint64_t arena_bytes(const ddpm_graph *g, int batch, int elem_bytes, uint64_t max_range)
 {
     vk_plan p;
-    if (vk_plan_make(g, batch, 0, &p) != DDPM_OK)
+    if (vk_plan_make(g, batch, 0, (int64_t)(max_range / (uint64_t)elem_bytes), &p) != DDPM_OK)
         return UINT64_MAX;
     uint64_t b = (uint64_t)p.arena * (uint64_t)elem_bytes;
     vk_plan_free(&p);
@@ -230,20 +355,24 @@ ddpm_result vk_plan_memory(const ddpm_graph *g, int n, int elem_bytes, uint64_t 
         return ddpm_fail(DDPM_ERR_UNSUPPORTED,
                          "vulkan: a layer's weights exceed the device's storage buffer range of %llu bytes",
                          (unsigned long long)max_range);
-    /* The arena grows linearly with the batch: the most images whose arena fits the range. */
-    uint64_t one = arena_bytes(g, 1, elem_bytes);
-    if (one == UINT64_MAX)
+    /* One image's activations, in one buffer when they fit the range, else spread over several. */
+    uint64_t whole = arena_bytes(g, 1, elem_bytes, 0);
+    if (whole == UINT64_MAX)
         return ddpm_fail(DDPM_ERR_UNSUPPORTED, "vulkan: cannot plan the activations");
+    uint64_t one = arena_bytes(g, 1, elem_bytes, max_range);
     int chunk = 0;
-    if (one <= max_range) {
-        chunk = (int)(max_range / one < (uint64_t)n ? max_range / one : (uint64_t)n);
-        while (chunk > 1 && arena_bytes(g, chunk, elem_bytes) > max_range)
+    if (one != UINT64_MAX) {
+        /* Chunks of images whose activations fit one buffer; a single image when they do not. The
+         * activations grow linearly with the batch. */
+        uint64_t cap = one > max_range ? one : max_range;
+        chunk = (int)(cap / one < (uint64_t)n ? cap / one : (uint64_t)n);
+        while (chunk > 1 && arena_bytes(g, chunk, elem_bytes, max_range) > cap)
             chunk--;
         if (chunk < 1)
             chunk = 1;
     }
     e->chunk = chunk;
-    e->activations = chunk ? arena_bytes(g, chunk, elem_bytes) : one;
+    e->activations = chunk ? arena_bytes(g, chunk, elem_bytes, max_range) : whole;
     int64_t per = value_numel(&g->values[g->input]) + value_numel(&g->values[g->output]);
     e->state = (uint64_t)n * (uint64_t)per * sizeof(float);
     e->total = e->weights + e->activations + e->state + (uint64_t)n_steps * 12 * sizeof(float) + 4;

@@ -1,6 +1,6 @@
-/* unet.c: the U-Net on the GPU: one program per kernel (tile sizes from the device limits), weights in
- * arenas within the storage buffer range, activations in one arena placed by vk_plan, and the recording
- * of an evaluation with barriers only where a node touches what an unsynchronised earlier one wrote. */
+/* unet.c: the U-Net on the GPU: one program per kernel (tile sizes from the device limits), weights and
+ * activations in buffers within the storage buffer range placed by vk_plan, and the recording of an
+ * evaluation with barriers only where a node touches what an unsynchronised earlier one wrote. */
 #include "vk_internal.h"
 
 #include "plan.h"
@@ -12,6 +12,7 @@
 
 #define VK_MAX_ATTN_DIMS 8
 #define VK_MAX_WEIGHT_ARENAS 64
+#define VK_MAX_ACT_BUFFERS 64
 
 typedef struct attn_prog {
     uint32_t d;
@@ -23,7 +24,8 @@ struct vk_unet {
     const ddpm_graph *g;
     int chunk, fp16, elem;
     vk_plan plan;
-    vk_buffer arena;
+    vk_buffer abuf[VK_MAX_ACT_BUFFERS]; /* activations */
+    int *node_set;                      /* per node: its descriptor set in its program */
     vk_buffer warena[VK_MAX_WEIGHT_ARENAS];
     int n_warena;
     int *param_arena;
@@ -35,7 +37,8 @@ struct vk_unet {
     uint32_t conv_tm, conv_tn; /* output tile of one conv workgroup */
     int conv_reg;              /* the register-tile conv (CPU devices), else the shared-memory GEMM */
     uint32_t group;            /* vk_unet_desc.group */
-    /* hazard tracking while recording: arena ranges written / read since the last barrier */
+    /* hazard tracking while recording: ranges (buffer << 40 | element) written / read since the last
+     * barrier */
     int64_t (*pend_w)[2], (*pend_r)[2];
     int n_pend_w, n_pend_r, cap_pend;
     uint32_t n_dispatches, n_barriers; /* recorded by the last vk_unet_record */
@@ -61,18 +64,55 @@ static uint32_t max_group(const vk_context *ctx, uint32_t asked)
     return floor_pow2(n);
 }
 
+/* The head size of an attention node. */
+static uint32_t attn_dim(const vk_unet *u, const ddpm_node *n)
+{
+    return (uint32_t)(u->g->values[n->in[0]].c / n->ip[0]);
+}
+
+/* One descriptor set per node in its program (the eltwise program's sets 0 and 1 are the copies in
+ * and out): node_set, and the sets each program needs. */
+static void number_sets(vk_unet *u, uint32_t *conv, uint32_t *gn, uint32_t *te, uint32_t *elt)
+{
+    *conv = *gn = *te = 0;
+    *elt = 2;
+    for (int i = 0; i < u->g->n_nodes; i++) {
+        const ddpm_node *n = &u->g->nodes[i];
+        uint32_t *c = NULL;
+        switch (n->op) {
+        case OP_LINEAR:
+        case OP_CONV2D: c = conv; break;
+        case OP_GROUPNORM: c = gn; break;
+        case OP_TIME_EMBED: c = te; break;
+        case OP_SILU:
+        case OP_UPSAMPLE: c = elt; break;
+        case OP_ATTENTION: {
+            uint32_t k = 0;
+            for (int j = 0; j < i; j++)
+                k += u->g->nodes[j].op == OP_ATTENTION && attn_dim(u, &u->g->nodes[j]) == attn_dim(u, n);
+            u->node_set[i] = (int)k;
+            break;
+        }
+        default: break;
+        }
+        if (c)
+            u->node_set[i] = (int)(*c)++;
+    }
+}
+
 static ddpm_result create_programs(vk_unet *u)
 {
     ddpm_result res = DDPM_OK;
     vk_context *ctx = u->ctx;
     const vk_limits *l = &ctx->limits;
     int f16 = u->fp16;
-    uint32_t sets = (uint32_t)(u->n_warena > 0 ? u->n_warena : 1);
+    uint32_t sets, gn_sets, te_sets, elt_sets;
+    number_sets(u, &sets, &gn_sets, &te_sets, &elt_sets);
 
     /* conv: the register-tile kernel on CPU devices, else the shared-memory GEMM whose K slice shrinks
      * until both tiles fit the device's shared memory */
     uint32_t inv = max_group(ctx, u->group);
-    vk_program_desc cd = {.n_buffers = 2, .push_size = sizeof(vk_conv_push), .max_sets = sets};
+    vk_program_desc cd = {.n_buffers = 3, .push_size = sizeof(vk_conv_push), .max_sets = sets};
     uint32_t conv_spec[1] = {16};
     if (u->conv_reg) {
         /* CPU devices: a register tile of pixels x channels per invocation (shared.h), no shared memory */
@@ -109,23 +149,24 @@ static ddpm_result create_programs(vk_unet *u)
     TRY(vk_program_create(ctx, &cd, &u->conv));
 
     vk_program_desc gd = {.shader = f16 ? VK_SHADER_groupnorm_f16 : VK_SHADER_groupnorm_f32,
-                          .n_buffers = 2,
+                          .n_buffers = 3,
                           .push_size = sizeof(vk_groupnorm_push),
                           .local_size = {inv, 1, 1},
-                          .max_sets = sets};
+                          .max_sets = gn_sets};
     TRY(vk_program_create(ctx, &gd, &u->groupnorm));
 
     vk_program_desc td = {.shader = f16 ? VK_SHADER_time_embed_f16 : VK_SHADER_time_embed_f32,
                           .n_buffers = 3,
                           .push_size = sizeof(vk_time_embed_push),
-                          .local_size = {inv > 64 ? 64 : inv, 1, 1}};
+                          .local_size = {inv > 64 ? 64 : inv, 1, 1},
+                          .max_sets = te_sets};
     TRY(vk_program_create(ctx, &td, &u->time_embed));
 
     vk_program_desc ed = {.shader = f16 ? VK_SHADER_eltwise_f16 : VK_SHADER_eltwise_f32,
-                          .n_buffers = 2,
+                          .n_buffers = 3,
                           .push_size = sizeof(vk_eltwise_push),
                           .local_size = {inv, 1, 1},
-                          .max_sets = 2};
+                          .max_sets = elt_sets};
     TRY(vk_program_create(ctx, &ed, &u->eltwise));
 
     /* attention: one program per head size (a specialization constant) */
@@ -133,7 +174,9 @@ static ddpm_result create_programs(vk_unet *u)
         const ddpm_node *n = &u->g->nodes[i];
         if (n->op != OP_ATTENTION)
             continue;
-        uint32_t d = (uint32_t)(u->g->values[n->in[0]].c / n->ip[0]);
+        uint32_t d = attn_dim(u, n), n_sets = 0;
+        for (int j = 0; j < u->g->n_nodes; j++)
+            n_sets += u->g->nodes[j].op == OP_ATTENTION && attn_dim(u, &u->g->nodes[j]) == d;
         int found = 0;
         for (int k = 0; k < u->n_attn; k++)
             found |= u->attn[k].d == d;
@@ -154,11 +197,12 @@ static ddpm_result create_programs(vk_unet *u)
                              l->max_shared_memory);
         uint32_t spec[1] = {d};
         vk_program_desc ad = {.shader = f16 ? VK_SHADER_attention_f16 : VK_SHADER_attention_f32,
-                              .n_buffers = 1,
+                              .n_buffers = 2,
                               .push_size = sizeof(vk_attention_push),
                               .local_size = {lanes, 1, 1},
                               .spec = spec,
-                              .n_spec = 1};
+                              .n_spec = 1,
+                              .max_sets = n_sets};
         u->attn[u->n_attn].d = d;
         TRY(vk_program_create(ctx, &ad, &u->attn[u->n_attn].prog));
         u->n_attn++;
@@ -167,26 +211,68 @@ cleanup:
     return res;
 }
 
+/* The activation buffer of value v. */
+static const vk_buffer *act_buf(const vk_unet *u, int v)
+{
+    return &u->abuf[u->plan.buf[v]];
+}
+
+/* Points every node's descriptor set at the buffer of its reads (one: vk_plan groups them), its
+ * weight arena and the buffer of its output. */
 static ddpm_result bind_programs(vk_unet *u, const vk_unet_desc *d)
 {
     ddpm_result res = DDPM_OK;
     vk_context *ctx = u->ctx;
-    for (int a = 0; a < u->n_warena; a++) {
-        const vk_buffer *bufs[2] = {&u->arena, &u->warena[a]};
-        TRY(vk_program_bind(ctx, &u->conv, (uint32_t)a, bufs));
-        if (u->conv_narrow.pipeline)
-            TRY(vk_program_bind(ctx, &u->conv_narrow, (uint32_t)a, bufs));
-        TRY(vk_program_bind(ctx, &u->groupnorm, (uint32_t)a, bufs));
+    const ddpm_graph *g = u->g;
+    for (int i = 0; i < g->n_nodes; i++) {
+        const ddpm_node *n = &g->nodes[i];
+        uint32_t set = (uint32_t)u->node_set[i];
+        const vk_buffer *out = act_buf(u, n->out);
+        const vk_buffer *in = n->op == OP_TIME_EMBED || n->op == OP_CONCAT ? out : act_buf(u, n->in[0]);
+        for (int k = 1; k < 3 && n->op != OP_LINEAR && n->op != OP_TIME_EMBED && n->op != OP_CONCAT; k++)
+            if (n->in[k] >= 0 && u->plan.buf[n->in[k]] != u->plan.buf[n->in[0]])
+                return ddpm_fail(DDPM_ERR_UNSUPPORTED, "vulkan: %s reads tensors from two activation buffers",
+                                 n->name);
+        const vk_buffer *w = n->w[0] >= 0 ? &u->warena[u->param_arena[n->w[0]]] : NULL;
+        switch (n->op) {
+        case OP_LINEAR:
+        case OP_CONV2D: {
+            const vk_buffer *bufs[3] = {in, w, out};
+            TRY(vk_program_bind(ctx, &u->conv, set, bufs));
+            if (u->conv_narrow.pipeline)
+                TRY(vk_program_bind(ctx, &u->conv_narrow, set, bufs));
+            break;
+        }
+        case OP_GROUPNORM: {
+            const vk_buffer *bufs[3] = {in, w, out};
+            TRY(vk_program_bind(ctx, &u->groupnorm, set, bufs));
+            break;
+        }
+        case OP_TIME_EMBED: {
+            const vk_buffer *bufs[3] = {out, d->coef, d->step};
+            TRY(vk_program_bind(ctx, &u->time_embed, set, bufs));
+            break;
+        }
+        case OP_SILU:
+        case OP_UPSAMPLE: {
+            const vk_buffer *bufs[3] = {in, d->x, out};
+            TRY(vk_program_bind(ctx, &u->eltwise, set, bufs));
+            break;
+        }
+        case OP_ATTENTION: {
+            const vk_buffer *bufs[2] = {in, out};
+            for (int k = 0; k < u->n_attn; k++)
+                if (u->attn[k].d == attn_dim(u, n))
+                    TRY(vk_program_bind(ctx, &u->attn[k].prog, set, bufs));
+            break;
+        }
+        default: break;
+        }
     }
-    const vk_buffer *tb[3] = {&u->arena, d->coef, d->step};
-    TRY(vk_program_bind(ctx, &u->time_embed, 0, tb));
-    const vk_buffer *ex[2] = {&u->arena, d->x}, *eo[2] = {&u->arena, d->out};
+    const vk_buffer *ex[3] = {act_buf(u, g->input), d->x, act_buf(u, g->input)};
+    const vk_buffer *eo[3] = {act_buf(u, g->output), d->out, act_buf(u, g->output)};
     TRY(vk_program_bind(ctx, &u->eltwise, 0, ex));
     TRY(vk_program_bind(ctx, &u->eltwise, 1, eo));
-    for (int k = 0; k < u->n_attn; k++) {
-        const vk_buffer *ab[1] = {&u->arena};
-        TRY(vk_program_bind(ctx, &u->attn[k].prog, 0, ab));
-    }
 cleanup:
     return res;
 }
@@ -250,7 +336,8 @@ ddpm_result vk_unet_create(vk_context *ctx, const vk_unet_desc *d, vk_unet **out
     int64_t arena_elems[VK_MAX_WEIGHT_ARENAS];
     u->param_arena = ddpm_calloc((size_t)g->n_params, sizeof *u->param_arena);
     u->param_off = ddpm_calloc((size_t)g->n_params, sizeof *u->param_off);
-    if (!u->param_arena || !u->param_off) {
+    u->node_set = ddpm_calloc((size_t)g->n_nodes, sizeof *u->node_set);
+    if (!u->param_arena || !u->param_off || !u->node_set) {
         res = DDPM_ERR_NOMEM;
         goto cleanup;
     }
@@ -262,17 +349,23 @@ ddpm_result vk_unet_create(vk_context *ctx, const vk_unet_desc *d, vk_unet **out
                         VK_MAX_WEIGHT_ARENAS, ctx->limits.max_storage_range);
         goto cleanup;
     }
-    TRY(vk_plan_make(g, d->chunk, d->keep_all, &u->plan));
-    uint64_t arena_bytes = (uint64_t)u->plan.arena * (uint64_t)u->elem;
-    if (arena_bytes > ctx->limits.max_storage_range || u->plan.arena > (int64_t)UINT32_MAX) {
+    uint64_t range = ctx->limits.max_storage_range;
+    if (d->act_range && d->act_range < range)
+        range = d->act_range;
+    TRY(vk_plan_make(g, d->chunk, d->keep_all, (int64_t)(range / (uint64_t)u->elem), &u->plan));
+    if (u->plan.n_bufs > VK_MAX_ACT_BUFFERS) {
         res = ddpm_fail(DDPM_ERR_UNSUPPORTED,
-                        "vulkan: the activations of %d image%s need %llu bytes, above the device's storage "
-                        "buffer range of %u bytes",
-                        d->chunk, d->chunk == 1 ? "" : "s", (unsigned long long)arena_bytes,
-                        ctx->limits.max_storage_range);
+                        "vulkan: the activations of %d image%s need %d buffers of %llu bytes (at most %d)",
+                        d->chunk, d->chunk == 1 ? "" : "s", u->plan.n_bufs, (unsigned long long)range,
+                        VK_MAX_ACT_BUFFERS);
         goto cleanup;
     }
-    TRY(vk_buffer_create(ctx, arena_bytes, VK_MEM_DEVICE, "activations", &u->arena));
+    for (int b = 0; b < u->plan.n_bufs; b++) {
+        char name[32];
+        snprintf(name, sizeof name, "activations%d", b);
+        uint64_t bytes = (uint64_t)u->plan.buf_elems[b] * (uint64_t)u->elem;
+        TRY(vk_buffer_create(ctx, bytes ? bytes : 4, VK_MEM_DEVICE, name, &u->abuf[b]));
+    }
     TRY(upload_weights(u, d->weights, arena_elems));
     TRY(create_programs(u));
     TRY(bind_programs(u, d));
@@ -299,8 +392,10 @@ void vk_unet_destroy(vk_unet *u)
         vk_program_destroy(ctx, &u->attn[k].prog);
     for (int a = 0; a < VK_MAX_WEIGHT_ARENAS; a++)
         vk_buffer_destroy(ctx, &u->warena[a]);
-    vk_buffer_destroy(ctx, &u->arena);
+    for (int b = 0; b < VK_MAX_ACT_BUFFERS; b++)
+        vk_buffer_destroy(ctx, &u->abuf[b]);
     vk_plan_free(&u->plan);
+    free(u->node_set);
     free(u->param_arena);
     free(u->param_off);
     free(u->pend_w);
@@ -320,16 +415,30 @@ void vk_unet_memory(const vk_unet *u, uint64_t *weights, uint64_t *arena)
     for (int a = 0; a < u->n_warena; a++)
         w += u->warena[a].size;
     *weights = w;
-    *arena = u->arena.size;
+    uint64_t a = 0;
+    for (int b = 0; b < u->plan.n_bufs; b++)
+        a += u->abuf[b].size;
+    *arena = a;
+}
+
+int vk_unet_act_buffers(const vk_unet *u, uint64_t *largest)
+{
+    uint64_t l = 0;
+    for (int b = 0; b < u->plan.n_bufs; b++)
+        if (u->abuf[b].size > l)
+            l = u->abuf[b].size;
+    *largest = l;
+    return u->plan.n_bufs;
 }
 
 /* ---- recording ---------------------------------------------------------------------------------- */
 
-/* The arena range of value v's storage (its root's whole region: conservative for concat slices). */
+/* The range of value v's storage (its root's whole region: conservative for concat slices), its
+ * buffer in the bits above 40. */
 static void value_range(const vk_unet *u, int v, int64_t r[2])
 {
     int root = u->plan.root[v];
-    r[0] = u->plan.off[root];
+    r[0] = ((int64_t)u->plan.buf[root] << 40) + u->plan.off[root];
     r[1] = r[0] + (int64_t)u->plan.batch * u->plan.bs[root];
 }
 
@@ -419,14 +528,14 @@ static ddpm_result record_node(vk_unet *u, VkCommandBuffer cmd, int i, int n_img
     const ddpm_node *n = &g->nodes[i];
     const ddpm_value *o = &g->values[n->out];
     const ddpm_value *a = &g->values[n->in[0]];
-    uint32_t set = n->w[0] >= 0 ? (uint32_t)u->param_arena[n->w[0]] : 0;
+    uint32_t set = (uint32_t)u->node_set[i];
     uint32_t nb = (uint32_t)n_img;
     switch (n->op) {
     case OP_TIME_EMBED: {
         TRY(hazard(u, cmd, NULL, 0, n->out));
         vk_time_embed_push p = {off32(u, n->out),   bs32(u, n->out), (uint32_t)o->c, nb,
                                 (uint32_t)n->ip[0], n->fp[0]};
-        TRY(vk_program_dispatch(u->ctx, cmd, &u->time_embed, 0, &p, sizeof p, (uint32_t)o->c, nb, 1));
+        TRY(vk_program_dispatch(u->ctx, cmd, &u->time_embed, set, &p, sizeof p, (uint32_t)o->c, nb, 1));
         break;
     }
     case OP_LINEAR:
@@ -495,7 +604,7 @@ static ddpm_result record_node(vk_unet *u, VkCommandBuffer cmd, int i, int n_img
                              bs32(u, n->out),
                              (uint32_t)a->h,
                              (uint32_t)a->w};
-        TRY(vk_program_dispatch(u->ctx, cmd, &u->eltwise, 0, &p, sizeof p, eltwise_threads(u, p.n), nb, 1));
+        TRY(vk_program_dispatch(u->ctx, cmd, &u->eltwise, set, &p, sizeof p, eltwise_threads(u, p.n), nb, 1));
         break;
     }
     case OP_GROUPNORM: {
@@ -530,7 +639,7 @@ static ddpm_result record_node(vk_unet *u, VkCommandBuffer cmd, int i, int n_img
                                bs32(u, n->in[1]),     off32(u, n->in[2]), bs32(u, n->in[2]),
                                off32(u, n->out),      bs32(u, n->out),    hw,
                                1.0f / sqrtf((float)d)};
-        TRY(vk_program_dispatch(u->ctx, cmd, prog, 0, &p, sizeof p, ceil_div(hw, 4) * prog->local_size[0],
+        TRY(vk_program_dispatch(u->ctx, cmd, prog, set, &p, sizeof p, ceil_div(hw, 4) * prog->local_size[0],
                                 heads, nb));
         break;
     }
@@ -603,14 +712,14 @@ ddpm_result vk_unet_download(vk_unet *u, int v, int n, float *host)
     for (int b = 0; b < n; b++) {
         size_t off = (size_t)(u->plan.off[v] + (int64_t)b * u->plan.bs[v]) * (size_t)u->elem;
         if (!u->fp16) {
-            TRY(vk_buffer_download(u->ctx, &u->arena, off, host + (size_t)b * numel, (size_t)numel * 4));
+            TRY(vk_buffer_download(u->ctx, act_buf(u, v), off, host + (size_t)b * numel, (size_t)numel * 4));
             continue;
         }
         if (!tmp && !(tmp = ddpm_calloc((size_t)numel, 2))) {
             res = DDPM_ERR_NOMEM;
             goto cleanup;
         }
-        TRY(vk_buffer_download(u->ctx, &u->arena, off, tmp, (size_t)numel * 2));
+        TRY(vk_buffer_download(u->ctx, act_buf(u, v), off, tmp, (size_t)numel * 2));
         for (int64_t e = 0; e < numel; e++)
             host[(size_t)b * numel + e] = st_half_to_float(((uint16_t *)tmp)[e]);
     }

@@ -319,13 +319,16 @@ typedef struct vk_unet_desc {
                                   * tiles), VK_CONV_SHARED or VK_CONV_REG (tests run both) */
     uint32_t group;              /* workgroup invocations; 0: 256 on GPUs, 64 on CPU devices (tests set
                                   * 256 to run the GPU configuration on lavapipe); capped by the device */
+    uint64_t act_range;          /* bytes per activation buffer; 0 (or above it): the device's storage
+                                  * buffer range (tests clamp it to spread the activations) */
     /* The float32 input x (n, in) and output (n, out) buffers, the coefficient table and the step index
      * (TIME_EMBED reads t = coef[step * DDPM_COEF_STRIDE + DDPM_COEF_T]). */
     const vk_buffer *x, *out, *coef, *step;
 } vk_unet_desc;
 
 /* Creates the programs, uploads the weights (split into arenas within the storage buffer range) and
- * allocates the activation arena. */
+ * allocates the activation buffers (one, or several within the range: vk_plan_make), each node's
+ * descriptor set pointing at the buffers of its reads, weights and output. */
 ddpm_result vk_unet_create(vk_context *ctx, const vk_unet_desc *d, vk_unet **out);
 /* Records one evaluation for images first .. first + n - 1 (n <= chunk) of x into the same images of
  * out: copy in, every node (barriers only between dependent nodes), copy out. Starts and ends with a
@@ -337,8 +340,10 @@ ddpm_result vk_unet_download(vk_unet *u, int v, int n, float *host);
 /* Dispatches (nodes with work + the copies in and out) and barriers between them in the last
  * vk_unet_record. */
 void vk_unet_counts(const vk_unet *u, uint32_t *dispatches, uint32_t *barriers);
-/* Device bytes held: weights, activation arena. */
+/* Device bytes held: weights, activation buffers. */
 void vk_unet_memory(const vk_unet *u, uint64_t *weights, uint64_t *arena);
+/* The number of activation buffers, and the bytes of the largest. */
+int vk_unet_act_buffers(const vk_unet *u, uint64_t *largest);
 /* Records node `node` alone for n images (the per-layer benchmark): it reads whatever its input
  * buffers hold (valid values after a keep_all evaluation). */
 ddpm_result vk_unet_record_node(vk_unet *u, VkCommandBuffer cmd, int node, int n);
