@@ -82,7 +82,8 @@ static void print_model(const char *path, const struct ddpm_model *m)
 }
 
 /* Peak device memory of a Vulkan run of n images in fp32 and fp16, for a 2^27-byte storage buffer range
- * (the Android baseline floor, also lavapipe's): larger batches run the U-Net in chunks. */
+ * (the Android baseline floor, also lavapipe's): larger batches run the U-Net in chunks; one image whose
+ * activations exceed the range spreads them over several buffers. */
 static int print_memory(const ddpm_graph *g, int n)
 {
     for (int elem = 4; elem >= 2; elem -= 2) {
@@ -92,6 +93,12 @@ static int print_memory(const ddpm_graph *g, int n)
             return 0;
         }
         const double mib = 1024.0 * 1024.0;
+        if (e.chunk == 0) {
+            printf("memory:     %s: one image needs %.2f MiB of activations, one tensor of them above the "
+                   "storage buffer range\n",
+                   elem == 4 ? "fp32" : "fp16", (double)e.activations / mib);
+            continue;
+        }
         printf("memory:     %s, %d image%s: %.2f MiB peak on the device (weights %.2f, activations %.2f for "
                "%d image%s per U-Net pass, state %.2f)\n",
                elem == 4 ? "fp32" : "fp16", n, n == 1 ? "" : "s", (double)e.total / mib,

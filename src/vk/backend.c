@@ -157,11 +157,12 @@ ddpm_result vk_backend_create(const ddpm_model *m, const sampler_plan *p, const 
     uint64_t range = ctx->limits.max_storage_range, budget = device_budget(ctx);
     TRY(vk_plan_memory(g, o->n, elem, range, p->n_steps, &est));
     if (est.chunk == 0) {
-        res = ddpm_fail(DDPM_ERR_UNSUPPORTED,
-                        "vulkan: one image needs %.1f MiB of activations, above %s's storage buffer range of "
-                        "%.1f MiB%s",
-                        (double)est.activations / 1048576.0, ctx->name, (double)range / 1048576.0,
-                        vb->fp16 ? "" : " (try --precision fp16)");
+        res = ddpm_fail(
+            DDPM_ERR_UNSUPPORTED,
+            "vulkan: one image needs %.1f MiB of activations, and one of its tensors (with the values "
+            "read beside it) is above %s's storage buffer range of %.1f MiB%s",
+            (double)est.activations / 1048576.0, ctx->name, (double)range / 1048576.0,
+            vb->fp16 ? "" : " (try --precision fp16)");
         goto cleanup;
     }
     if (est.total > budget || (uint64_t)total * sizeof(float) > range) {

@@ -53,9 +53,10 @@ static int find(int *parent, int v)
 
 /* Places the stored roots: each group (grp[v], the representative of root v's group) is one block
  * holding its members side by side, live from the first write of any member to the last read of any,
- * in the first buffer where it fits below max_elems (0: one unbounded buffer). */
+ * in the first buffer where it fits below max_elems (0: one unbounded buffer), or in buffer fixed[r]
+ * when fixed is given (its size then unchecked). */
 static ddpm_result place(const ddpm_graph *g, const int *grp, const int *def, const int *last, int batch,
-                         int keep_all, int64_t max_elems, vk_plan *p)
+                         int keep_all, int64_t max_elems, const int *fixed, vk_plan *p)
 {
     ddpm_result res = DDPM_OK;
     int nv = g->n_values, nn = g->n_nodes;
@@ -94,7 +95,7 @@ static ddpm_result place(const ddpm_graph *g, const int *grp, const int *def, co
             if (gdef[r] != i)
                 continue;
             int64_t size = gsize[r], at = 0;
-            if (max_elems > 0 && size > max_elems) {
+            if (!fixed && max_elems > 0 && size > max_elems) {
                 const ddpm_value *x = &g->values[r];
                 res = ddpm_fail(DDPM_ERR_UNSUPPORTED,
                                 "vulkan: a %dx%dx%d tensor of %d image%s (with the values read beside it) "
@@ -106,10 +107,10 @@ static ddpm_result place(const ddpm_graph *g, const int *grp, const int *def, co
             int b = 0;
             for (; b < p->n_bufs; b++) {
                 at = first_fit(blocks, n_blocks, b, size);
-                if (max_elems <= 0 || at + size <= max_elems)
+                if (fixed ? b == fixed[r] : max_elems <= 0 || at + size <= max_elems)
                     break;
             }
-            if (b == p->n_bufs) { /* a new buffer */
+            while (b == p->n_bufs) { /* a new buffer (until buffer fixed[r] exists) */
                 if (p->n_bufs == cap_bufs) {
                     int cap = cap_bufs ? cap_bufs * 2 : 4;
                     int64_t *e = realloc(p->buf_elems, (size_t)cap * sizeof *e);
@@ -122,6 +123,8 @@ static ddpm_result place(const ddpm_graph *g, const int *grp, const int *def, co
                 }
                 p->buf_elems[p->n_bufs++] = 0;
                 at = 0;
+                if (fixed && b < fixed[r])
+                    b++;
             }
             int pos = 0;
             while (pos < n_blocks && (blocks[pos].buf < b || (blocks[pos].buf == b && blocks[pos].off < at)))
@@ -161,6 +164,48 @@ cleanup:
     free(glast);
     free(gbuf);
     free(blocks);
+    return res;
+}
+
+/* Re-places every root alone in the buffer the grouped placement gave it; keeps the grouped placement
+ * when a buffer would exceed max_elems. */
+static ddpm_result split_groups(const ddpm_graph *g, const int *def, const int *last, int batch, int keep_all,
+                                int64_t max_elems, vk_plan *p)
+{
+    ddpm_result res = DDPM_OK;
+    int nv = g->n_values;
+    vk_plan q = *p; /* shares root; off, buf and buf_elems of its own */
+    q.off = ddpm_calloc((size_t)nv, sizeof *q.off);
+    q.buf = ddpm_calloc((size_t)nv, sizeof *q.buf);
+    q.buf_elems = NULL;
+    int *self = ddpm_calloc((size_t)nv, sizeof *self);
+    if (!q.off || !q.buf || !self) {
+        res = DDPM_ERR_NOMEM;
+        goto cleanup;
+    }
+    for (int v = 0; v < nv; v++)
+        self[v] = v;
+    TRY(place(g, self, def, last, batch, keep_all, max_elems, p->buf, &q));
+    int fits = q.n_bufs == p->n_bufs;
+    for (int b = 0; b < q.n_bufs; b++)
+        fits &= q.buf_elems[b] <= max_elems;
+    if (fits && q.arena < p->arena) {
+        int64_t *t = p->off;
+        p->off = q.off;
+        q.off = t;
+        int *tb = p->buf;
+        p->buf = q.buf;
+        q.buf = tb;
+        int64_t *te = p->buf_elems;
+        p->buf_elems = q.buf_elems;
+        q.buf_elems = te;
+        p->arena = q.arena;
+    }
+cleanup:
+    free(q.off);
+    free(q.buf);
+    free(q.buf_elems);
+    free(self);
     return res;
 }
 
@@ -239,7 +284,7 @@ ddpm_result vk_plan_make(const ddpm_graph *g, int batch, int keep_all, int64_t m
 
     /* One buffer when everything fits it (or nothing limits it); else groups of the values each node
      * reads together, spread over several buffers. */
-    TRY(place(g, grp, def, last, batch, keep_all, 0, p));
+    TRY(place(g, grp, def, last, batch, keep_all, 0, NULL, p));
     if (max_elems > 0 && p->arena > max_elems) {
         for (int i = 0; i < nn; i++) {
             const ddpm_node *n = &g->nodes[i];
@@ -259,7 +304,11 @@ ddpm_result vk_plan_make(const ddpm_graph *g, int batch, int keep_all, int64_t m
         }
         for (int v = 0; v < nv; v++)
             grp[v] = find(grp, v);
-        TRY(place(g, grp, def, last, batch, keep_all, max_elems, p));
+        TRY(place(g, grp, def, last, batch, keep_all, max_elems, NULL, p));
+        /* A group kept whole holds its members' space over all their lives; now that each group has its
+         * buffer, place its members one by one there by their own lives. Kept unless a buffer outgrows
+         * max_elems (first fit is no guarantee). */
+        TRY(split_groups(g, def, last, batch, keep_all, max_elems, p));
     }
     for (int v = 0; v < nv; v++) {
         int r = p->root[v];
