@@ -1,6 +1,6 @@
 /* plan.h: device memory planning of the Vulkan U-Net, free of Vulkan so `ddpm-vk info` can use it:
- * where each activation lives in the arena (liveness reuse, concat inputs written in place), the weight
- * arenas, and the peak memory a batch needs. */
+ * where each activation lives (which buffer within the storage buffer range, liveness reuse, concat
+ * inputs written in place), the weight arenas, and the peak memory a batch needs. */
 #ifndef DDPM_VK_PLAN_H
 #define DDPM_VK_PLAN_H
 
