@@ -1,0 +1,513 @@
+/* ops_backward.c: the CPU backward of every graph op with weights or inputs to differentiate (linear,
+ * SiLU, conv2d with its fused temb / residual / scale, group norm with its fused SiLU, attention,
+ * upsample, concat). Gradients accumulate (+=); NULL means not wanted. NCHW float32. */
+#include "cpu.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef _OPENMP
+#pragma GCC diagnostic ignored "-Wunknown-pragmas"
+#endif
+
+/* ---- linear, SiLU ----------------------------------------------------------------------------- */
+
+void linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w,
+                     int B, int K, int M)
+{
+    // dinp (B,K), dw (M,K), db (M), dout (B,M), inp (B,K), w (M,K)
+    int big = (int64_t)B * M * K > (1 << 18);
+    if (dinp) {
+#pragma omp parallel for if (big)
+        for (int bi = 0; bi < B; bi++) {
+            float *dx = dinp + (size_t)bi * K;
+            const float *g = dout + (size_t)bi * M;
+            for (int m = 0; m < M; m++) {
+                const float *wr = w + (size_t)m * K;
+                float gm = g[m];
+                for (int kk = 0; kk < K; kk++)
+                    dx[kk] += gm * wr[kk];
+            }
+        }
+    }
+    if (dw || db) {
+#pragma omp parallel for if (big)
+        for (int m = 0; m < M; m++) {
+            float *dwr = dw ? dw + (size_t)m * K : NULL;
+            float sb = 0.0f;
+            for (int bi = 0; bi < B; bi++) {
+                float gm = dout[(size_t)bi * M + m];
+                sb += gm;
+                if (dwr) {
+                    const float *x = inp + (size_t)bi * K;
+                    for (int kk = 0; kk < K; kk++)
+                        dwr[kk] += gm * x[kk];
+                }
+            }
+            if (db)
+                db[m] += sb;
+        }
+    }
+}
+
+/* d silu(x) / dx = s (1 + x (1 - s)), s = sigmoid(x) */
+static inline float silu_grad(float x)
+{
+    float s = 1.0f / (1.0f + expf(-x));
+    return s * (1.0f + x * (1.0f - s));
+}
+
+void silu_backward(float *dinp, const float *dout, const float *inp, int64_t n)
+{
+    if (!dinp)
+        return;
+#pragma omp parallel for if (n > 65536)
+    for (int64_t i = 0; i < n; i++)
+        dinp[i] += dout[i] * silu_grad(inp[i]);
+}
+
+/* ---- conv2d ----------------------------------------------------------------------------------- */
+
+/* The straightforward backward, serial: the reference the GEMM path is tested against and its fallback
+ * when scratch memory cannot be had. Same arguments as conv2d_backward. */
+void conv2d_backward_naive(float *dinp, float *dw, float *db, float *dtemb, float *dres, const float *dout,
+                           const float *inp, const float *w, float scale, int B, int Ci, int H, int W, int Co,
+                           int k, int stride, int pt, int pl, int pb, int pr);
+
+void conv2d_backward_naive(float *dinp, float *dw, float *db, float *dtemb, float *dres, const float *dout,
+                           const float *inp, const float *w, float scale, int B, int Ci, int H, int W, int Co,
+                           int k, int stride, int pt, int pl, int pb, int pr)
+{
+    int Ho = (H + pt + pb - k) / stride + 1, Wo = (W + pl + pr - k) / stride + 1;
+    if (Ho <= 0 || Wo <= 0)
+        return;
+    for (int bi = 0; bi < B; bi++)
+        for (int co = 0; co < Co; co++)
+            for (int oy = 0; oy < Ho; oy++)
+                for (int ox = 0; ox < Wo; ox++) {
+                    size_t o = (((size_t)bi * Co + co) * Ho + oy) * Wo + ox;
+                    float g = dout[o] * scale;
+                    if (db)
+                        db[co] += g;
+                    if (dtemb)
+                        dtemb[(size_t)bi * Co + co] += g;
+                    if (dres)
+                        dres[o] += g;
+                    for (int ci = 0; ci < Ci; ci++)
+                        for (int ky = 0; ky < k; ky++) {
+                            int iy = oy * stride - pt + ky;
+                            if (iy < 0 || iy >= H)
+                                continue;
+                            for (int kx = 0; kx < k; kx++) {
+                                int ix = ox * stride - pl + kx;
+                                if (ix < 0 || ix >= W)
+                                    continue;
+                                size_t xi = (((size_t)bi * Ci + ci) * H + iy) * W + ix;
+                                size_t wi = (((size_t)co * Ci + ci) * k + ky) * k + kx;
+                                if (dw)
+                                    dw[wi] += g * inp[xi];
+                                if (dinp)
+                                    dinp[xi] += g * w[wi];
+                            }
+                        }
+                }
+}
+
+/* The im2col matrix of nb images: col (Ci*k*k, nb*Ho*Wo), row (ci, ky, kx), column (image, pixel). */
+static void im2col(float *col, const float *x, int nb, int Ci, int H, int W, int Ho, int Wo, int k,
+                   int stride, int pt, int pl)
+{
+    int K = Ci * k * k, N = Ho * Wo;
+    size_t L = (size_t)nb * N;
+#pragma omp parallel for collapse(2) if ((int64_t)K * nb * N > 65536)
+    for (int r = 0; r < K; r++) {
+        for (int bi = 0; bi < nb; bi++) {
+            int ci = r / (k * k), ky = r / k % k, kx = r % k;
+            const float *xc = x + ((size_t)bi * Ci + ci) * H * W;
+            float *c = col + (size_t)r * L + (size_t)bi * N;
+            for (int oy = 0; oy < Ho; oy++) {
+                int iy = oy * stride - pt + ky;
+                float *crow = c + (size_t)oy * Wo;
+                if (iy < 0 || iy >= H) {
+                    memset(crow, 0, (size_t)Wo * sizeof(float));
+                    continue;
+                }
+                const float *xr = xc + (size_t)iy * W;
+                for (int ox = 0; ox < Wo; ox++) {
+                    int ix = ox * stride - pl + kx;
+                    crow[ox] = ix >= 0 && ix < W ? xr[ix] : 0.0f;
+                }
+            }
+        }
+    }
+}
+
+/* dx += col2im(col): the adjoint of im2col, split by (image, input channel) so no two threads write
+ * the same element. */
+static void col2im_add(float *dx, const float *col, int nb, int Ci, int H, int W, int Ho, int Wo, int k,
+                       int stride, int pt, int pl)
+{
+    int N = Ho * Wo;
+    size_t L = (size_t)nb * N;
+#pragma omp parallel for collapse(2) if ((int64_t)Ci * k * k * nb * N > 65536)
+    for (int bi = 0; bi < nb; bi++) {
+        for (int ci = 0; ci < Ci; ci++) {
+            float *xc = dx + ((size_t)bi * Ci + ci) * H * W;
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++) {
+                    const float *c = col + (size_t)((ci * k + ky) * k + kx) * L + (size_t)bi * N;
+                    for (int oy = 0; oy < Ho; oy++) {
+                        int iy = oy * stride - pt + ky;
+                        if (iy < 0 || iy >= H)
+                            continue;
+                        float *xr = xc + (size_t)iy * W;
+                        const float *crow = c + (size_t)oy * Wo;
+                        for (int ox = 0; ox < Wo; ox++) {
+                            int ix = ox * stride - pl + kx;
+                            if (ix >= 0 && ix < W)
+                                xr[ix] += crow[ox];
+                        }
+                    }
+                }
+        }
+    }
+}
+
+/* Images per GEMM: the im2col chunk (K x nb*N floats) stays within this many floats (16 MiB). */
+#define CONV_BWD_CHUNK_FLOATS ((int64_t)4 << 20)
+
+void conv2d_backward(float *dinp, float *dw, float *db, float *dtemb, float *dres, const float *dout,
+                     const float *inp, const float *w, float scale, int B, int Ci, int H, int W, int Co,
+                     int k, int stride, int pt, int pl, int pb, int pr)
+{
+    // dinp (B,Ci,H,W), dw (Co,Ci,k,k), db (Co), dtemb (B,Co), dres (B,Co,Ho,Wo), dout (B,Co,Ho,Wo),
+    // inp (B,Ci,H,W), w (Co,Ci,k,k). G = dout * scale is the gradient of the sum before the scale.
+    int Ho = (H + pt + pb - k) / stride + 1, Wo = (W + pl + pr - k) / stride + 1;
+    if (Ho <= 0 || Wo <= 0 || B <= 0 || Co <= 0)
+        return;
+    int N = Ho * Wo, K = Ci * k * k;
+    int64_t total = (int64_t)B * Co * N;
+    if (db) {
+#pragma omp parallel for if (total > 65536)
+        for (int co = 0; co < Co; co++) {
+            double s = 0.0;
+            for (int bi = 0; bi < B; bi++) {
+                const float *g = dout + ((size_t)bi * Co + co) * N;
+                for (int p = 0; p < N; p++)
+                    s += g[p];
+            }
+            db[co] += (float)s * scale;
+        }
+    }
+    if (dtemb) {
+#pragma omp parallel for if (total > 65536)
+        for (int64_t bc = 0; bc < (int64_t)B * Co; bc++) {
+            const float *g = dout + (size_t)bc * N;
+            double s = 0.0;
+            for (int p = 0; p < N; p++)
+                s += g[p];
+            dtemb[bc] += (float)s * scale;
+        }
+    }
+    if (dres) {
+#pragma omp parallel for if (total > 65536)
+        for (int64_t i = 0; i < total; i++)
+            dres[i] += dout[i] * scale;
+    }
+    if ((!dw && !dinp) || K <= 0)
+        return;
+    int64_t per_image = (int64_t)(K > Co ? K : Co) * N;
+    int bc = (int)(CONV_BWD_CHUNK_FLOATS / per_image);
+    bc = bc < 1 ? 1 : bc > B ? B : bc;
+    float *col = malloc((size_t)per_image * bc * sizeof(float));
+    float *G = malloc((size_t)Co * N * bc * sizeof(float));
+    if (!col || !G) {
+        free(col);
+        free(G);
+        conv2d_backward_naive(dinp, dw, NULL, NULL, NULL, dout, inp, w, scale, B, Ci, H, W, Co, k, stride, pt,
+                              pl, pb, pr);
+        return;
+    }
+    for (int b0 = 0; b0 < B; b0 += bc) {
+        int nb = B - b0 < bc ? B - b0 : bc;
+        int L = nb * N;
+        /* G (Co, nb*N): the chunk's output gradient, images side by side per channel */
+#pragma omp parallel for collapse(2) if ((int64_t)Co * L > 65536)
+        for (int co = 0; co < Co; co++)
+            for (int bi = 0; bi < nb; bi++) {
+                const float *g = dout + ((size_t)(b0 + bi) * Co + co) * N;
+                float *d = G + (size_t)co * L + (size_t)bi * N;
+                for (int p = 0; p < N; p++)
+                    d[p] = g[p] * scale;
+            }
+        const float *x = inp + (size_t)b0 * Ci * H * W;
+        if (dw) {
+            im2col(col, x, nb, Ci, H, W, Ho, Wo, k, stride, pt, pl);
+            cpu_sgemm(0, 1, Co, K, L, 1.0f, G, L, col, L, 1.0f, dw, K); /* dW += G col^T */
+        }
+        if (dinp) {
+            cpu_sgemm(1, 0, K, L, Co, 1.0f, w, K, G, L, 0.0f, col, L); /* dcol = W^T G */
+            col2im_add(dinp + (size_t)b0 * Ci * H * W, col, nb, Ci, H, W, Ho, Wo, k, stride, pt, pl);
+        }
+    }
+    free(col);
+    free(G);
+}
+
+/* ---- group norm ------------------------------------------------------------------------------- */
+
+/* Mean and 1/std of one group as groupnorm_forward computes them (two passes in double). */
+static void gn_stats(const float *x, int64_t n, float eps, float *mean, float *rstd)
+{
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        s += x[i];
+    double m = n ? s / (double)n : 0.0, v = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = (double)x[i] - m;
+        v += d * d;
+    }
+    v = n ? v / (double)n : 0.0;
+    *mean = (float)m;
+    *rstd = (float)(1.0 / sqrt(v + (double)eps));
+}
+
+void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
+                        const float *gamma, const float *beta, int B, int C, int HW, int groups, float eps,
+                        int silu)
+{
+    // dinp (B,C,HW), dgamma dbeta (C), dout inp (B,C,HW), gamma beta (C) or NULL.
+    // y = xhat gamma + beta (then SiLU); dy = dout (* silu'(y)); dgamma += sum dy xhat, dbeta += sum dy;
+    // dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) over the group, dxhat = dy gamma.
+    if (groups <= 0 || C % groups || B <= 0)
+        return;
+    int cg = C / groups;
+    int64_t n = (int64_t)cg * HW;
+    int big = (int64_t)B * C * HW > 32768;
+    float *stat = malloc((size_t)B * groups * 2 * sizeof(float));
+    if (stat) {
+#pragma omp parallel for if (big)
+        for (int64_t bg = 0; bg < (int64_t)B * groups; bg++)
+            gn_stats(inp + (size_t)bg * n, n, eps, &stat[2 * bg], &stat[2 * bg + 1]);
+    }
+    if (dgamma || dbeta) {
+#pragma omp parallel for if (big)
+        for (int c = 0; c < C; c++) {
+            int g = c / cg;
+            float ga = gamma ? gamma[c] : 1.0f, be = beta ? beta[c] : 0.0f;
+            double sg = 0.0, sb = 0.0;
+            for (int bi = 0; bi < B; bi++) {
+                float mean, rstd;
+                if (stat) {
+                    mean = stat[2 * ((size_t)bi * groups + g)];
+                    rstd = stat[2 * ((size_t)bi * groups + g) + 1];
+                } else {
+                    gn_stats(inp + ((size_t)bi * groups + g) * n, n, eps, &mean, &rstd);
+                }
+                const float *x = inp + ((size_t)bi * C + c) * HW;
+                const float *d = dout + ((size_t)bi * C + c) * HW;
+                for (int i = 0; i < HW; i++) {
+                    float xh = (x[i] - mean) * rstd;
+                    float dy = silu ? d[i] * silu_grad(xh * ga + be) : d[i];
+                    sg += (double)dy * xh;
+                    sb += dy;
+                }
+            }
+            if (dgamma)
+                dgamma[c] += (float)sg;
+            if (dbeta)
+                dbeta[c] += (float)sb;
+        }
+    }
+    if (dinp) {
+#pragma omp parallel for if (big)
+        for (int64_t bg = 0; bg < (int64_t)B * groups; bg++) {
+            int g = (int)(bg % groups);
+            size_t base = (size_t)bg * n;
+            float mean, rstd;
+            if (stat) {
+                mean = stat[2 * bg];
+                rstd = stat[2 * bg + 1];
+            } else {
+                gn_stats(inp + base, n, eps, &mean, &rstd);
+            }
+            double s1 = 0.0, s2 = 0.0;
+            for (int c = 0; c < cg; c++) {
+                int ch = g * cg + c;
+                float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
+                const float *x = inp + base + (size_t)c * HW, *d = dout + base + (size_t)c * HW;
+                for (int i = 0; i < HW; i++) {
+                    float xh = (x[i] - mean) * rstd;
+                    float dxh = (silu ? d[i] * silu_grad(xh * ga + be) : d[i]) * ga;
+                    s1 += dxh;
+                    s2 += (double)dxh * xh;
+                }
+            }
+            float m1 = (float)(s1 / (double)n), m2 = (float)(s2 / (double)n);
+            for (int c = 0; c < cg; c++) {
+                int ch = g * cg + c;
+                float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
+                const float *x = inp + base + (size_t)c * HW, *d = dout + base + (size_t)c * HW;
+                float *dx = dinp + base + (size_t)c * HW;
+                for (int i = 0; i < HW; i++) {
+                    float xh = (x[i] - mean) * rstd;
+                    float dxh = (silu ? d[i] * silu_grad(xh * ga + be) : d[i]) * ga;
+                    dx[i] += rstd * (dxh - m1 - xh * m2);
+                }
+            }
+        }
+    }
+    free(stat);
+}
+
+/* ---- attention -------------------------------------------------------------------------------- */
+
+/* Scores of query i against every key of one head, recomputed: s_j = sc q[:, i] . k[:, j]. */
+static float attn_score(const float *q, const float *k, int d, int HW, int i, int j, float sc)
+{
+    float s = 0.0f;
+    for (int c = 0; c < d; c++)
+        s += q[(size_t)c * HW + i] * k[(size_t)c * HW + j];
+    return s * sc;
+}
+
+/* The backward without scratch memory, serial: every probability recomputed where it is needed. The
+ * reference for the GEMM path and its fallback. Same arguments as attention_backward. */
+void attention_backward_naive(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                              const float *k, const float *v, int B, int C, int HW, int heads);
+
+void attention_backward_naive(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                              const float *k, const float *v, int B, int C, int HW, int heads)
+{
+    int d = C / heads;
+    float sc = 1.0f / sqrtf((float)d);
+    for (int64_t bh = 0; bh < (int64_t)B * heads; bh++) {
+        size_t off = (size_t)bh * d * HW;
+        const float *qh = q + off, *kh = k + off, *vh = v + off, *go = dout + off;
+        for (int i = 0; i < HW; i++) {
+            float mx = -INFINITY, z = 0.0f;
+            for (int j = 0; j < HW; j++)
+                mx = fmaxf(mx, attn_score(qh, kh, d, HW, i, j, sc));
+            for (int j = 0; j < HW; j++)
+                z += expf(attn_score(qh, kh, d, HW, i, j, sc) - mx);
+            float D = 0.0f; /* sum_j P_ij dP_ij, dP_ij = dout[:, i] . v[:, j] */
+            for (int j = 0; j < HW; j++) {
+                float p = expf(attn_score(qh, kh, d, HW, i, j, sc) - mx) / z, dp = 0.0f;
+                for (int c = 0; c < d; c++)
+                    dp += go[(size_t)c * HW + i] * vh[(size_t)c * HW + j];
+                D += p * dp;
+            }
+            for (int j = 0; j < HW; j++) {
+                float p = expf(attn_score(qh, kh, d, HW, i, j, sc) - mx) / z, dp = 0.0f;
+                for (int c = 0; c < d; c++)
+                    dp += go[(size_t)c * HW + i] * vh[(size_t)c * HW + j];
+                float ds = p * (dp - D) * sc;
+                for (int c = 0; c < d; c++) {
+                    if (dq)
+                        dq[off + (size_t)c * HW + i] += ds * kh[(size_t)c * HW + j];
+                    if (dk)
+                        dk[off + (size_t)c * HW + j] += ds * qh[(size_t)c * HW + i];
+                    if (dv)
+                        dv[off + (size_t)c * HW + j] += p * go[(size_t)c * HW + i];
+                }
+            }
+        }
+    }
+}
+
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                        const float *v, int B, int C, int HW, int heads)
+{
+    // dq dk dv dout q k v (B,C,HW); per head h (channels h*d ..), with Q, K, V, dO its (d, HW) blocks:
+    // P = softmax_rows(sc Q^T K); dV += dO P; dP = dO^T V; dS = P (dP - rowsum(P dP)) sc;
+    // dQ += K dS^T; dK += Q dS. Serial over (item, head); the GEMMs and row loops thread inside.
+    if (heads <= 0 || C % heads || HW <= 0 || B <= 0)
+        return;
+    int d = C / heads;
+    float sc = 1.0f / sqrtf((float)d);
+    float *P = malloc((size_t)HW * HW * sizeof(float));
+    float *dP = malloc((size_t)HW * HW * sizeof(float));
+    if (!P || !dP) {
+        free(P);
+        free(dP);
+        attention_backward_naive(dq, dk, dv, dout, q, k, v, B, C, HW, heads);
+        return;
+    }
+    int big = (int64_t)HW * HW > 16384;
+    for (int64_t bh = 0; bh < (int64_t)B * heads; bh++) {
+        size_t off = (size_t)bh * d * HW;
+        const float *qh = q + off, *kh = k + off, *vh = v + off, *go = dout + off;
+        cpu_sgemm(1, 0, HW, HW, d, sc, qh, HW, kh, HW, 0.0f, P, HW); /* scores (HW, HW) */
+#pragma omp parallel for if (big)
+        for (int i = 0; i < HW; i++) {
+            float *p = P + (size_t)i * HW, mx = -INFINITY, z = 0.0f;
+            for (int j = 0; j < HW; j++)
+                mx = fmaxf(mx, p[j]);
+            for (int j = 0; j < HW; j++) {
+                p[j] = expf(p[j] - mx);
+                z += p[j];
+            }
+            float inv = 1.0f / z;
+            for (int j = 0; j < HW; j++)
+                p[j] *= inv;
+        }
+        if (dv)
+            cpu_sgemm(0, 0, d, HW, HW, 1.0f, go, HW, P, HW, 1.0f, dv + off, HW);
+        if (!dq && !dk)
+            continue;
+        cpu_sgemm(1, 0, HW, HW, d, 1.0f, go, HW, vh, HW, 0.0f, dP, HW);
+#pragma omp parallel for if (big)
+        for (int i = 0; i < HW; i++) {
+            const float *p = P + (size_t)i * HW;
+            float *dp = dP + (size_t)i * HW;
+            float D = 0.0f;
+            for (int j = 0; j < HW; j++)
+                D += p[j] * dp[j];
+            for (int j = 0; j < HW; j++)
+                dp[j] = p[j] * (dp[j] - D) * sc; /* dS */
+        }
+        if (dq)
+            cpu_sgemm(0, 1, d, HW, HW, 1.0f, kh, HW, dP, HW, 1.0f, dq + off, HW);
+        if (dk)
+            cpu_sgemm(0, 0, d, HW, HW, 1.0f, qh, HW, dP, HW, 1.0f, dk + off, HW);
+    }
+    free(P);
+    free(dP);
+}
+
+/* ---- upsample, concat ------------------------------------------------------------------------- */
+
+void upsample_backward(float *dinp, const float *dout, int B, int C, int H, int W)
+{
+    // dinp (B,C,H,W), dout (B,C,2H,2W): each input pixel gets its four copies' gradients
+    if (!dinp)
+        return;
+    int64_t planes = (int64_t)B * C;
+#pragma omp parallel for if (planes * H * W > (1 << 16))
+    for (int64_t pc = 0; pc < planes; pc++) {
+        float *dx = dinp + (size_t)pc * H * W;
+        const float *g = dout + (size_t)pc * 4 * H * W;
+        for (int y = 0; y < H; y++) {
+            const float *r0 = g + (size_t)(2 * y) * 2 * W, *r1 = r0 + 2 * W;
+            for (int x = 0; x < W; x++)
+                dx[(size_t)y * W + x] += r0[2 * x] + r0[2 * x + 1] + r1[2 * x] + r1[2 * x + 1];
+        }
+    }
+}
+
+void concat_backward(float *da, float *db, const float *dout, int B, int Ca, int Cb, int HW)
+{
+    // da (B,Ca,HW), db (B,Cb,HW), dout (B,Ca+Cb,HW)
+    size_t na = (size_t)Ca * HW, nb = (size_t)Cb * HW;
+#pragma omp parallel for if ((int64_t)B * (Ca + Cb) * HW > (1 << 16))
+    for (int bi = 0; bi < B; bi++) {
+        const float *g = dout + (size_t)bi * (na + nb);
+        if (da)
+            for (size_t i = 0; i < na; i++)
+                da[(size_t)bi * na + i] += g[i];
+        if (db)
+            for (size_t i = 0; i < nb; i++)
+                db[(size_t)bi * nb + i] += g[na + i];
+    }
+}
