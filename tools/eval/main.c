@@ -2,6 +2,7 @@
  * backward), its test accuracy, and for sampled images the class histogram and the Fréchet distance. */
 #include "adamw.h"
 #include "data.h"
+#include "frechet.h"
 
 #include "cpu/cpu.h"
 #include "npy.h"
@@ -281,111 +282,6 @@ static double accuracy(const net *m, const dataset *test)
     return (double)ok / test->n;
 }
 
-/* ---- Fréchet distance ---------------------------------------------------------------------------------- */
-
-/* Eigenvalues (into w) and eigenvectors (columns of v) of the symmetric n x n matrix a (destroyed): cyclic
- * Jacobi rotations until the off-diagonal part vanishes. */
-static void jacobi_eig(double *a, int n, double *w, double *v)
-{
-    for (int i = 0; i < n * n; i++)
-        v[i] = (i / n == i % n) ? 1.0 : 0.0;
-    for (int sweep = 0; sweep < 100; sweep++) {
-        double off = 0;
-        for (int p = 0; p < n; p++)
-            for (int q = p + 1; q < n; q++)
-                off += a[p * n + q] * a[p * n + q];
-        if (off < 1e-22)
-            break;
-        for (int p = 0; p < n; p++)
-            for (int q = p + 1; q < n; q++) {
-                double apq = a[p * n + q];
-                if (fabs(apq) < 1e-300)
-                    continue;
-                double theta = (a[q * n + q] - a[p * n + p]) / (2 * apq);
-                double t = (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1));
-                double c = 1 / sqrt(t * t + 1), s = t * c;
-                for (int k = 0; k < n; k++) { /* columns p, q */
-                    double akp = a[k * n + p], akq = a[k * n + q];
-                    a[k * n + p] = c * akp - s * akq;
-                    a[k * n + q] = s * akp + c * akq;
-                }
-                for (int k = 0; k < n; k++) { /* rows p, q */
-                    double apk = a[p * n + k], aqk = a[q * n + k];
-                    a[p * n + k] = c * apk - s * aqk;
-                    a[q * n + k] = s * apk + c * aqk;
-                }
-                for (int k = 0; k < n; k++) {
-                    double vkp = v[k * n + p], vkq = v[k * n + q];
-                    v[k * n + p] = c * vkp - s * vkq;
-                    v[k * n + q] = s * vkp + c * vkq;
-                }
-            }
-    }
-    for (int i = 0; i < n; i++)
-        w[i] = a[i * n + i];
-}
-
-static void mean_cov(const float *f, int n, double *mu, double *cov)
-{
-    for (int j = 0; j < FEAT; j++) {
-        double s = 0;
-        for (int i = 0; i < n; i++)
-            s += f[(size_t)i * FEAT + j];
-        mu[j] = s / n;
-    }
-    for (int j = 0; j < FEAT; j++)
-        for (int k = j; k < FEAT; k++) {
-            double s = 0;
-            for (int i = 0; i < n; i++)
-                s += (f[(size_t)i * FEAT + j] - mu[j]) * (f[(size_t)i * FEAT + k] - mu[k]);
-            cov[j * FEAT + k] = cov[k * FEAT + j] = s / (n - 1);
-        }
-}
-
-/* |mu1 - mu2|^2 + tr(C1) + tr(C2) - 2 tr((C1 C2)^(1/2)), with tr((C1 C2)^(1/2)) = sum sqrt(eig(R C2 R)),
- * R = C1^(1/2) (both symmetric positive semi-definite). */
-static double frechet(const float *fa, int na, const float *fb, int nb)
-{
-    enum { N = FEAT };
-    static double mu1[N], mu2[N], c1[N * N], c2[N * N], r[N * N], t[N * N], m[N * N], w[N], v[N * N];
-    mean_cov(fa, na, mu1, c1);
-    mean_cov(fb, nb, mu2, c2);
-    double d = 0, tr = 0;
-    for (int j = 0; j < N; j++)
-        d += (mu1[j] - mu2[j]) * (mu1[j] - mu2[j]), tr += c1[j * N + j] + c2[j * N + j];
-    memcpy(t, c1, sizeof t);
-    jacobi_eig(t, N, w, v);
-    for (int i = 0; i < N; i++)
-        for (int j = 0; j < N; j++) {
-            double s = 0;
-            for (int k = 0; k < N; k++)
-                s += v[i * N + k] * sqrt(w[k] > 0 ? w[k] : 0) * v[j * N + k];
-            r[i * N + j] = s;
-        }
-    for (int i = 0; i < N; i++) /* t = R C2 */
-        for (int j = 0; j < N; j++) {
-            double s = 0;
-            for (int k = 0; k < N; k++)
-                s += r[i * N + k] * c2[k * N + j];
-            t[i * N + j] = s;
-        }
-    for (int i = 0; i < N; i++) /* m = t R, symmetrised */
-        for (int j = 0; j < N; j++) {
-            double s = 0;
-            for (int k = 0; k < N; k++)
-                s += t[i * N + k] * r[k * N + j];
-            m[i * N + j] = s;
-        }
-    for (int i = 0; i < N; i++)
-        for (int j = i + 1; j < N; j++)
-            m[i * N + j] = m[j * N + i] = 0.5 * (m[i * N + j] + m[j * N + i]);
-    jacobi_eig(m, N, w, v);
-    double trs = 0;
-    for (int i = 0; i < N; i++)
-        trs += sqrt(w[i] > 0 ? w[i] : 0);
-    return d + tr - 2 * trs;
-}
-
 /* ---- commands ---------------------------------------------------------------------------------------- */
 
 static int save_net(const char *path, const net *m, double acc, int epochs, uint64_t seed)
@@ -564,8 +460,8 @@ static int cmd_score(const char *dir, const char *cls, const char *samples)
     for (int c = 0; c < N_CLASSES; c++)
         printf("  %d %-12s %5d  %5.1f%%\n", c, class_names[c], hist[c], 100.0 * hist[c] / ns);
     fh = fr; /* held-out real: test images [0, REF_SPLIT); reference: [REF_SPLIT, n) */
-    double fd_s = frechet(fs, ns, fr + (size_t)REF_SPLIT * FEAT, nr);
-    double fd_r = frechet(fh, REF_SPLIT, fr + (size_t)REF_SPLIT * FEAT, nr);
+    double fd_s = frechet_distance(fs, ns, fr + (size_t)REF_SPLIT * FEAT, nr, FEAT);
+    double fd_r = frechet_distance(fh, REF_SPLIT, fr + (size_t)REF_SPLIT * FEAT, nr, FEAT);
     printf("Frechet distance (64-d classifier features) to %d test images: samples (%d) %.4f, held-out real "
            "test images (%d) %.4f\n",
            nr, ns, fd_s, REF_SPLIT, fd_r);
