@@ -30,6 +30,10 @@ void silu_backward(float *dinp, const float *dout, const float *inp, int64_t n);
 void conv2d_backward(float *dinp, float *dw, float *db, float *dtemb, float *dres, const float *dout,
                      const float *inp, const float *w, float scale, int B, int Ci, int H, int W, int Co,
                      int k, int stride, int pt, int pl, int pb, int pr);
+/* conv2d_forward computed as GEMMs on im2col chunks (cpu_sgemm): the training forward's convolution. */
+void conv2d_forward_gemm(float *out, const float *inp, const float *w, const float *b, const float *temb,
+                         const float *res, float scale, int B, int Ci, int H, int W, int Co, int k,
+                         int stride, int pt, int pl, int pb, int pr);
 /* GroupNorm (with the fused SiLU when silu): statistics recomputed from inp. */
 void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
                         const float *gamma, const float *beta, int B, int C, int HW, int groups, float eps,

@@ -9,7 +9,9 @@
 #include <cblas.h>
 #endif
 
-#ifndef _OPENMP
+#ifdef _OPENMP
+#include <omp.h>
+#else
 #pragma GCC diagnostic ignored "-Wunknown-pragmas"
 #endif
 
@@ -131,14 +133,51 @@ void cpu_sgemm_portable(int transa, int transb, int M, int N, int K, float alpha
     }
 }
 
+#ifdef DDPM_HAVE_CBLAS
+static void sgemm_cblas(int transa, int transb, int M, int N, int K, float alpha, const float *A, int lda,
+                        const float *B, int ldb, float beta, float *C, int ldc)
+{
+    cblas_sgemm(CblasRowMajor, transa ? CblasTrans : CblasNoTrans, transb ? CblasTrans : CblasNoTrans, M, N,
+                K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+#endif
+
 void cpu_sgemm(int transa, int transb, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc)
 {
-#ifdef DDPM_HAVE_CBLAS
     if (M <= 0 || N <= 0)
         return;
-    cblas_sgemm(CblasRowMajor, transa ? CblasTrans : CblasNoTrans, transb ? CblasTrans : CblasNoTrans, M, N,
-                K, alpha, A, lda, B, ldb, beta, C, ldc);
+#ifdef DDPM_HAVE_CBLAS
+    /* OpenBLAS runs single-threaded inside OpenMP's threads: its own pool would compete with OpenMP's
+     * for the same cores (both spin while waiting), which made the backward several times slower. Each
+     * thread multiplies a slice of C's columns (or rows, when C is tall). */
+    static int single;
+    if (!single) {
+        openblas_set_num_threads(1);
+        single = 1;
+    }
+    int64_t work = (int64_t)M * N * (K > 0 ? K : 1);
+    int nt = 1;
+#ifdef _OPENMP
+    nt = work > (1 << 20) ? omp_get_max_threads() : 1;
+#endif
+    if (nt <= 1) {
+        sgemm_cblas(transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    int by_cols = N >= M;
+    int len = by_cols ? N : M, step = (len + nt - 1) / nt;
+    step = by_cols ? (step + 15) / 16 * 16 : step;
+#pragma omp parallel for num_threads(nt)
+    for (int s0 = 0; s0 < len; s0 += step) {
+        int n = len - s0 < step ? len - s0 : step;
+        if (by_cols)
+            sgemm_cblas(transa, transb, M, n, K, alpha, A, lda, transb ? B + (size_t)s0 * ldb : B + s0, ldb,
+                        beta, C + s0, ldc);
+        else
+            sgemm_cblas(transa, transb, n, N, K, alpha, transa ? A + s0 : A + (size_t)s0 * lda, lda, B, ldb,
+                        beta, C + (size_t)s0 * ldc, ldc);
+    }
 #else
     cpu_sgemm_portable(transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 #endif

@@ -126,6 +126,12 @@ static void im2col(float *col, const float *x, int nb, int Ci, int H, int W, int
             int ci = r / (k * k), ky = r / k % k, kx = r % k;
             const float *xc = x + ((size_t)bi * Ci + ci) * H * W;
             float *c = col + (size_t)r * L + (size_t)bi * N;
+            /* columns whose window column ix = ox * stride - pl + kx is inside the image: [ox0, ox1) */
+            int ox0 = 0, ox1 = Wo;
+            while (ox0 < Wo && ox0 * stride - pl + kx < 0)
+                ox0++;
+            while (ox1 > ox0 && (ox1 - 1) * stride - pl + kx >= W)
+                ox1--;
             for (int oy = 0; oy < Ho; oy++) {
                 int iy = oy * stride - pt + ky;
                 float *crow = c + (size_t)oy * Wo;
@@ -134,10 +140,16 @@ static void im2col(float *col, const float *x, int nb, int Ci, int H, int W, int
                     continue;
                 }
                 const float *xr = xc + (size_t)iy * W;
-                for (int ox = 0; ox < Wo; ox++) {
-                    int ix = ox * stride - pl + kx;
-                    crow[ox] = ix >= 0 && ix < W ? xr[ix] : 0.0f;
-                }
+                int off = kx - pl; /* ix = ox * stride + off, >= 0 from ox0 on */
+                for (int ox = 0; ox < ox0; ox++)
+                    crow[ox] = 0.0f;
+                if (stride == 1 && ox1 > ox0)
+                    memcpy(crow + ox0, xr + ox0 + off, (size_t)(ox1 - ox0) * sizeof(float));
+                else
+                    for (int ox = ox0; ox < ox1; ox++)
+                        crow[ox] = xr[ox * stride + off];
+                for (int ox = ox1; ox < Wo; ox++)
+                    crow[ox] = 0.0f;
             }
         }
     }
@@ -157,16 +169,26 @@ static void col2im_add(float *dx, const float *col, int nb, int Ci, int H, int W
             for (int ky = 0; ky < k; ky++)
                 for (int kx = 0; kx < k; kx++) {
                     const float *c = col + (size_t)((ci * k + ky) * k + kx) * L + (size_t)bi * N;
+                    int ox0 = 0, ox1 = Wo; /* as in im2col */
+                    while (ox0 < Wo && ox0 * stride - pl + kx < 0)
+                        ox0++;
+                    while (ox1 > ox0 && (ox1 - 1) * stride - pl + kx >= W)
+                        ox1--;
                     for (int oy = 0; oy < Ho; oy++) {
                         int iy = oy * stride - pt + ky;
                         if (iy < 0 || iy >= H)
                             continue;
                         float *xr = xc + (size_t)iy * W;
                         const float *crow = c + (size_t)oy * Wo;
-                        for (int ox = 0; ox < Wo; ox++) {
-                            int ix = ox * stride - pl + kx;
-                            if (ix >= 0 && ix < W)
-                                xr[ix] += crow[ox];
+                        int off = kx - pl;
+                        if (stride == 1) {
+                            float *xo = xr + ox0 + off;
+                            const float *co = crow + ox0;
+                            for (int j = 0; j < ox1 - ox0; j++)
+                                xo[j] += co[j];
+                        } else {
+                            for (int ox = ox0; ox < ox1; ox++)
+                                xr[ox * stride + off] += crow[ox];
                         }
                     }
                 }
@@ -255,6 +277,54 @@ void conv2d_backward(float *dinp, float *dw, float *db, float *dtemb, float *dre
     free(G);
 }
 
+/* The forward as explicit GEMMs on im2col chunks (the backward's layout): out = (W col + b + temb + res)
+ * * scale. Faster than conv2d_forward's packed kernel when channel counts are small (packing dominates
+ * there); the training forward uses it. Same arguments as conv2d_forward. */
+void conv2d_forward_gemm(float *out, const float *inp, const float *w, const float *b, const float *temb,
+                         const float *res, float scale, int B, int Ci, int H, int W, int Co, int k,
+                         int stride, int pt, int pl, int pb, int pr)
+{
+    int Ho = (H + pt + pb - k) / stride + 1, Wo = (W + pl + pr - k) / stride + 1;
+    if (Ho <= 0 || Wo <= 0 || B <= 0 || Co <= 0)
+        return;
+    int N = Ho * Wo, K = Ci * k * k;
+    int64_t per_image = (int64_t)(K > Co ? K : Co) * N;
+    int bc = (int)(CONV_BWD_CHUNK_FLOATS / per_image);
+    bc = bc < 1 ? 1 : bc > B ? B : bc;
+    float *col = malloc((size_t)K * N * bc * sizeof(float));
+    float *Y = malloc((size_t)Co * N * bc * sizeof(float));
+    if (!col || !Y || K <= 0) {
+        free(col);
+        free(Y);
+        conv2d_forward(out, inp, w, b, temb, res, scale, B, Ci, H, W, Co, k, stride, pt, pl, pb, pr);
+        return;
+    }
+    for (int b0 = 0; b0 < B; b0 += bc) {
+        int nb = B - b0 < bc ? B - b0 : bc;
+        int L = nb * N;
+        im2col(col, inp + (size_t)b0 * Ci * H * W, nb, Ci, H, W, Ho, Wo, k, stride, pt, pl);
+        cpu_sgemm(0, 0, Co, L, K, 1.0f, w, K, col, L, 0.0f, Y, L);
+#pragma omp parallel for collapse(2) if ((int64_t)Co * L > 65536)
+        for (int bi = 0; bi < nb; bi++)
+            for (int co = 0; co < Co; co++) {
+                size_t ob = ((size_t)(b0 + bi) * Co + co) * N;
+                const float *y = Y + (size_t)co * L + (size_t)bi * N;
+                float add = (b ? b[co] : 0.0f) + (temb ? temb[(size_t)(b0 + bi) * Co + co] : 0.0f);
+                float *o = out + ob;
+                if (res) {
+                    const float *r = res + ob;
+                    for (int p = 0; p < N; p++)
+                        o[p] = (y[p] + add + r[p]) * scale;
+                } else {
+                    for (int p = 0; p < N; p++)
+                        o[p] = (y[p] + add) * scale;
+                }
+            }
+    }
+    free(col);
+    free(Y);
+}
+
 /* ---- group norm ------------------------------------------------------------------------------- */
 
 /* Mean and 1/std of one group as groupnorm_forward computes them (two passes in double). */
@@ -273,9 +343,15 @@ static void gn_stats(const float *x, int64_t n, float eps, float *mean, float *r
     *rstd = (float)(1.0 / sqrt(v + (double)eps));
 }
 
-void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
-                        const float *gamma, const float *beta, int B, int C, int HW, int groups, float eps,
-                        int silu)
+/* The backward in three plain passes (statistics, dgamma / dbeta by channel, dx by group), recomputing
+ * dy in each: the reference for groupnorm_backward and its fallback. Same arguments. */
+void groupnorm_backward_naive(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
+                              const float *gamma, const float *beta, int B, int C, int HW, int groups,
+                              float eps, int silu);
+
+void groupnorm_backward_naive(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
+                              const float *gamma, const float *beta, int B, int C, int HW, int groups,
+                              float eps, int silu)
 {
     // dinp (B,C,HW), dgamma dbeta (C), dout inp (B,C,HW), gamma beta (C) or NULL.
     // y = xhat gamma + beta (then SiLU); dy = dout (* silu'(y)); dgamma += sum dy xhat, dbeta += sum dy;
@@ -359,6 +435,81 @@ void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *d
         }
     }
     free(stat);
+}
+
+void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
+                        const float *gamma, const float *beta, int B, int C, int HW, int groups, float eps,
+                        int silu)
+{
+    // As groupnorm_backward_naive, in one task per (item, group): dy computed once (kept in a per-thread
+    // buffer for the dx pass), per-(item, channel) sums for dgamma / dbeta added up afterwards in item
+    // order: no atomics, the same result for any thread count.
+    if (groups <= 0 || C % groups || B <= 0)
+        return;
+    int cg = C / groups;
+    int64_t n = (int64_t)cg * HW;
+    float *part = malloc((size_t)B * C * 2 * sizeof(float)); /* (item, channel): sum dy xhat, sum dy */
+    if (!part) {
+        groupnorm_backward_naive(dinp, dgamma, dbeta, dout, inp, gamma, beta, B, C, HW, groups, eps, silu);
+        return;
+    }
+#pragma omp parallel if ((int64_t)B * C * HW > 32768)
+    {
+        float *dyb = malloc((size_t)n * sizeof(float)); /* NULL: dy is recomputed in the dx pass */
+#pragma omp for schedule(static)
+        for (int64_t bg = 0; bg < (int64_t)B * groups; bg++) {
+            int bi = (int)(bg / groups), g = (int)(bg % groups);
+            size_t base = (size_t)bg * n;
+            float mean, rstd;
+            gn_stats(inp + base, n, eps, &mean, &rstd);
+            double s1 = 0.0, s2 = 0.0; /* sum dxhat, sum dxhat xhat */
+            for (int c = 0; c < cg; c++) {
+                int ch = g * cg + c;
+                float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
+                const float *x = inp + base + (size_t)c * HW, *d = dout + base + (size_t)c * HW;
+                float pg = 0.0f, pb = 0.0f;
+                for (int i = 0; i < HW; i++) {
+                    float xh = (x[i] - mean) * rstd;
+                    float dy = silu ? d[i] * silu_grad(xh * ga + be) : d[i];
+                    if (dyb)
+                        dyb[(size_t)c * HW + i] = dy;
+                    pg += dy * xh;
+                    pb += dy;
+                }
+                part[2 * ((size_t)bi * C + ch)] = pg;
+                part[2 * ((size_t)bi * C + ch) + 1] = pb;
+                s1 += (double)pb * ga;
+                s2 += (double)pg * ga;
+            }
+            if (!dinp)
+                continue;
+            float m1 = (float)(s1 / (double)n), m2 = (float)(s2 / (double)n);
+            for (int c = 0; c < cg; c++) {
+                int ch = g * cg + c;
+                float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
+                const float *x = inp + base + (size_t)c * HW, *d = dout + base + (size_t)c * HW;
+                float *dx = dinp + base + (size_t)c * HW;
+                for (int i = 0; i < HW; i++) {
+                    float xh = (x[i] - mean) * rstd;
+                    float dy = dyb ? dyb[(size_t)c * HW + i] : silu ? d[i] * silu_grad(xh * ga + be) : d[i];
+                    dx[i] += rstd * (dy * ga - m1 - xh * m2);
+                }
+            }
+        }
+        free(dyb);
+    }
+    for (int c = 0; c < C; c++) {
+        float sg = 0.0f, sb = 0.0f;
+        for (int bi = 0; bi < B; bi++) {
+            sg += part[2 * ((size_t)bi * C + c)];
+            sb += part[2 * ((size_t)bi * C + c) + 1];
+        }
+        if (dgamma)
+            dgamma[c] += sg;
+        if (dbeta)
+            dbeta[c] += sb;
+    }
+    free(part);
 }
 
 /* ---- attention -------------------------------------------------------------------------------- */

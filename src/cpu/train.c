@@ -146,16 +146,20 @@ ddpm_result cpu_train_forward(cpu_trainer *tr, const float *const *weights, cons
     tr->seed = dropout_seed;
     for (int i = 0; i < g->n_nodes; i++) {
         const ddpm_node *n = &g->nodes[i];
-        if (!uses_dropout(tr, n)) {
+        if (n->op != OP_CONV2D) {
             cpu_node_forward(g, n, tr->vals, weights, B);
             continue;
         }
         const ddpm_value *a = &g->values[n->in[0]], *o = &g->values[n->out];
-        dropout_apply(tr->masked[i], tr->vals[n->in[0]], value_numel(a), B, i, tr->seed, tr->dropout, 0);
-        conv2d_forward(tr->vals[n->out], tr->masked[i], weights[n->w[0]], weights[n->w[1]],
-                       n->in[1] >= 0 ? tr->vals[n->in[1]] : NULL, n->in[2] >= 0 ? tr->vals[n->in[2]] : NULL,
-                       n->fp[0], B, a->c, a->h, a->w, o->c, n->ip[0], n->ip[1], n->ip[2], n->ip[3], n->ip[4],
-                       n->ip[5]);
+        const float *cin = tr->vals[n->in[0]];
+        if (uses_dropout(tr, n)) {
+            dropout_apply(tr->masked[i], cin, value_numel(a), B, i, tr->seed, tr->dropout, 0);
+            cin = tr->masked[i];
+        }
+        conv2d_forward_gemm(tr->vals[n->out], cin, weights[n->w[0]], weights[n->w[1]],
+                            n->in[1] >= 0 ? tr->vals[n->in[1]] : NULL,
+                            n->in[2] >= 0 ? tr->vals[n->in[2]] : NULL, n->fp[0], B, a->c, a->h, a->w, o->c,
+                            n->ip[0], n->ip[1], n->ip[2], n->ip[3], n->ip[4], n->ip[5]);
     }
     tr->forwarded = 1;
     *out = tr->vals[g->output];
