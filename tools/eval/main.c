@@ -21,7 +21,8 @@
 #define FMNIST "/usr/share/datasets/fashion-mnist/"
 #define N_CLASSES 10
 #define FEAT 64
-#define REF_SPLIT 1000 /* test images [0, 1000) are the held-out real set, [1000, N) the reference */
+#define FLAT (64 * 7 * 7) /* conv3's output, flattened */
+#define REF_SPLIT 1000    /* test images [0, 1000) are the held-out real set, [1000, N) the reference */
 
 static const char *const class_names[N_CLASSES] = {
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"};
@@ -30,12 +31,12 @@ static const char usage[] =
     "usage: ddpm-eval train --out CLASSIFIER.safetensors [--epochs N] [--seed N] [--data DIR]\n"
     "       ddpm-eval score --classifier FILE --samples SAMPLES.npy [--data DIR]\n"
     "\n"
-    "train: trains a small CNN (conv 3x3 1-16, 16-32 stride 2, 32-64 stride 2, SiLU, global average pool,\n"
-    "       linear 64-10) on the Fashion-MNIST training set with the library's CPU forward/backward and "
-    "AdamW,\n"
-    "       prints its test accuracy and saves it.\n"
+    "train: trains a small CNN (conv 3x3 1-16, 16-32 stride 2, 32-64 stride 2, linear 3136-64, linear\n"
+    "       64-10, SiLU between) on the Fashion-MNIST training set with the library's CPU forward/backward\n"
+    "       and AdamW, prints its test accuracy and saves it.\n"
     "score: for samples (n, 1, 28, 28) in [-1, 1] (ddpm-vk sample --save-raw): the class histogram, and the\n"
-    "       Frechet distance of their 64-d pooled features to the test images 1000..9999, next to the same\n"
+    "       Frechet distance of their 64-d penultimate features to the test images 1000..9999, next to the "
+    "same\n"
     "       distance for the 1000 held-out real test images 0..999.\n"
     "--data DIR: the IDX files (default " FMNIST ")\n";
 
@@ -56,13 +57,14 @@ static void fail(const char *fmt, ...)
 
 /* ---- the network ------------------------------------------------------------------------------------- */
 
-/* conv (Co, Ci, 3, 3) + bias per layer, then the linear head; flat parameter layout in this order. */
+/* conv (Co, Ci, 3, 3) + bias per layer, then fc1 (FEAT, FLAT) and fc2 (10, FEAT); flat layout in this order.
+ */
 static const int conv_ci[3] = {1, 16, 32}, conv_co[3] = {16, 32, 64}, conv_stride[3] = {1, 2, 2};
 static const int conv_h[4] = {28, 28, 14, 7}; /* input side of conv i, and the final side */
 
 typedef struct net {
     float *p; /* all parameters */
-    float *w[4], *b[4];
+    float *w[5], *b[5];
     int64_t n;
 } net;
 
@@ -79,15 +81,21 @@ static int64_t net_layout(net *m, float *base)
     }
     if (base) {
         m->w[3] = base + off;
-        m->b[3] = base + off + N_CLASSES * FEAT;
+        m->b[3] = base + off + (int64_t)FEAT * FLAT;
+    }
+    off += (int64_t)FEAT * FLAT + FEAT;
+    if (base) {
+        m->w[4] = base + off;
+        m->b[4] = base + off + N_CLASSES * FEAT;
     }
     off += N_CLASSES * FEAT + N_CLASSES;
     return off;
 }
 
-/* Activations of one batch: conv outputs z[i] and their SiLU a[i], pooled features, logits. */
+/* Activations of one batch: conv outputs z[i] and their SiLU a[i], fc1's output hz and its SiLU (the
+ * features), logits. */
 typedef struct acts {
-    float *x, *z[3], *a[3], *feat, *logits;
+    float *x, *z[3], *a[3], *hz, *feat, *logits;
     int B;
 } acts;
 
@@ -103,9 +111,10 @@ static int acts_alloc(acts *s, int B)
         s->a[i] = malloc(sizeof(float) * n);
         ok = ok && s->z[i] && s->a[i];
     }
+    s->hz = malloc(sizeof(float) * (size_t)B * FEAT);
     s->feat = malloc(sizeof(float) * (size_t)B * FEAT);
     s->logits = malloc(sizeof(float) * (size_t)B * N_CLASSES);
-    return ok && s->feat && s->logits;
+    return ok && s->hz && s->feat && s->logits;
 }
 
 static void acts_free(acts *s)
@@ -115,6 +124,7 @@ static void acts_free(acts *s)
         free(s->z[i]);
         free(s->a[i]);
     }
+    free(s->hz);
     free(s->feat);
     free(s->logits);
 }
@@ -129,15 +139,9 @@ static void net_forward(const net *m, acts *s, int B)
         silu_forward(s->a[i], s->z[i], (int64_t)B * conv_co[i] * Ho * Ho);
         in = s->a[i];
     }
-    const int hw = conv_h[3] * conv_h[3];
-    for (int b = 0; b < B; b++)
-        for (int c = 0; c < FEAT; c++) {
-            double sum = 0;
-            for (int p = 0; p < hw; p++)
-                sum += s->a[2][((size_t)b * FEAT + c) * hw + p];
-            s->feat[b * FEAT + c] = (float)(sum / hw);
-        }
-    linear_forward(s->logits, s->feat, m->w[3], m->b[3], B, FEAT, N_CLASSES);
+    linear_forward(s->hz, s->a[2], m->w[3], m->b[3], B, FLAT, FEAT);
+    silu_forward(s->feat, s->hz, (int64_t)B * FEAT);
+    linear_forward(s->logits, s->feat, m->w[4], m->b[4], B, FEAT, N_CLASSES);
 }
 
 /* Softmax cross-entropy of the logits against labels: returns the mean loss, dlogits = d(mean)/dlogits. */
@@ -167,15 +171,16 @@ static double softmax_xent(const float *logits, const uint8_t *labels, int B, fl
 /* Gradients into g (same layout as the parameters), accumulating. */
 static void net_backward(const net *m, net *g, acts *s, const float *dlogits, int B, float *da, float *dz)
 {
-    const int hw = conv_h[3] * conv_h[3];
-    float *dfeat = calloc((size_t)B * FEAT, sizeof(float));
-    if (!dfeat)
+    float *dfeat = calloc((size_t)B * FEAT, sizeof(float)), *dhz = calloc((size_t)B * FEAT, sizeof(float));
+    if (!dfeat || !dhz) {
+        free(dfeat), free(dhz);
         return;
-    linear_backward(dfeat, g->w[3], g->b[3], dlogits, s->feat, m->w[3], B, FEAT, N_CLASSES);
-    size_t n2 = (size_t)B * FEAT * hw;
-    for (size_t e = 0; e < n2; e++)
-        da[e] = dfeat[e / hw] / hw;
-    free(dfeat);
+    }
+    linear_backward(dfeat, g->w[4], g->b[4], dlogits, s->feat, m->w[4], B, FEAT, N_CLASSES);
+    silu_backward(dhz, dfeat, s->hz, (int64_t)B * FEAT);
+    memset(da, 0, sizeof(float) * (size_t)B * FLAT);
+    linear_backward(da, g->w[3], g->b[3], dhz, s->a[2], m->w[3], B, FLAT, FEAT);
+    free(dfeat), free(dhz);
     for (int i = 2; i >= 0; i--) {
         int H = conv_h[i], Ho = conv_h[i + 1];
         size_t n = (size_t)B * conv_co[i] * Ho * Ho;
@@ -192,13 +197,14 @@ static void net_backward(const net *m, net *g, acts *s, const float *dlogits, in
 /* torch's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases. */
 static void net_init(net *m, uint64_t seed)
 {
-    int64_t fan[4] = {9, 16 * 9, 32 * 9, FEAT};
-    int64_t nw[4], nb[4] = {16, 32, 64, N_CLASSES};
+    int64_t fan[5] = {9, 16 * 9, 32 * 9, FLAT, FEAT};
+    int64_t nw[5], nb[5] = {16, 32, 64, FEAT, N_CLASSES};
     for (int i = 0; i < 3; i++)
         nw[i] = (int64_t)conv_co[i] * conv_ci[i] * 9;
-    nw[3] = N_CLASSES * FEAT;
+    nw[3] = (int64_t)FEAT * FLAT;
+    nw[4] = N_CLASSES * FEAT;
     uint32_t ctr = 0;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         float bound = (float)(1.0 / sqrt((double)fan[i]));
         float *dst[2] = {m->w[i], m->b[i]};
         int64_t cnt[2] = {nw[i], nb[i]};
@@ -284,31 +290,45 @@ static double accuracy(const net *m, const dataset *test)
 
 /* ---- commands ---------------------------------------------------------------------------------------- */
 
+/* Tensor i of the classifier file: name, shape, data (w[i / 2] or b[i / 2]). */
+static const char *const tensor_names[10] = {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
+                                             "conv3.weight", "conv3.bias", "fc1.weight",   "fc1.bias",
+                                             "fc2.weight",   "fc2.bias"};
+
+static int tensor_shape(int i, int64_t shape[4])
+{
+    int l = i / 2;
+    static const int64_t fc_out[2] = {FEAT, N_CLASSES}, fc_in[2] = {FLAT, FEAT};
+    memset(shape, 0, 4 * sizeof(int64_t));
+    if (i % 2) {
+        shape[0] = l < 3 ? conv_co[l] : fc_out[l - 3];
+        return 1;
+    }
+    if (l < 3) {
+        shape[0] = conv_co[l], shape[1] = conv_ci[l], shape[2] = shape[3] = 3;
+        return 4;
+    }
+    shape[0] = fc_out[l - 3], shape[1] = fc_in[l - 3];
+    return 2;
+}
+
 static int save_net(const char *path, const net *m, double acc, int epochs, uint64_t seed)
 {
-    st_out_tensor t[8];
-    const char *names[8] = {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
-                            "conv3.weight", "conv3.bias", "fc.weight",    "fc.bias"};
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = (st_out_tensor){names[2 * i], i < 3 ? 4 : 2, {0}, m->w[i]};
-        t[2 * i + 1] = (st_out_tensor){names[2 * i + 1], 1, {i < 3 ? conv_co[i] : N_CLASSES}, m->b[i]};
-        if (i < 3) {
-            int64_t s[4] = {conv_co[i], conv_ci[i], 3, 3};
-            memcpy(t[2 * i].shape, s, sizeof s);
-        } else {
-            t[2 * i].shape[0] = N_CLASSES;
-            t[2 * i].shape[1] = FEAT;
-        }
+    st_out_tensor t[10];
+    for (int i = 0; i < 10; i++) {
+        t[i].name = tensor_names[i];
+        t[i].ndim = tensor_shape(i, t[i].shape);
+        t[i].data = i % 2 ? m->b[i / 2] : m->w[i / 2];
     }
     char a[32], e[32], s[32];
     snprintf(a, sizeof a, "%.4f", acc);
     snprintf(e, sizeof e, "%d", epochs);
     snprintf(s, sizeof s, "%" PRIu64, seed);
-    st_meta meta[] = {{(char *)"format", (char *)"ddpm-eval classifier 1"},
+    st_meta meta[] = {{(char *)"format", (char *)"ddpm-eval classifier 2"},
                       {(char *)"test_accuracy", a},
                       {(char *)"epochs", e},
                       {(char *)"seed", s}};
-    if (st_write(path, t, 8, meta, 4, ST_F32) != DDPM_OK) {
+    if (st_write(path, t, 10, meta, 4, ST_F32) != DDPM_OK) {
         fail("%s", ddpm_last_error());
         return 0;
     }
@@ -323,17 +343,16 @@ static int load_net(const char *path, net *m)
         return 0;
     }
     const char *fmt = st_meta_get(&f, "format");
-    int ok = fmt && strcmp(fmt, "ddpm-eval classifier 1") == 0 && f.n_tensors == 8;
-    const char *names[8] = {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
-                            "conv3.weight", "conv3.bias", "fc.weight",    "fc.bias"};
-    for (int i = 0; ok && i < 8; i++) {
-        const st_tensor *t = st_find(&f, names[i]);
-        float *dst = i % 2 ? m->b[i / 2] : m->w[i / 2];
-        int64_t want = i % 2 ? (i / 2 < 3 ? conv_co[i / 2] : N_CLASSES)
-                             : (i / 2 < 3 ? (int64_t)conv_co[i / 2] * conv_ci[i / 2] * 9 : N_CLASSES * FEAT);
+    int ok = fmt && strcmp(fmt, "ddpm-eval classifier 2") == 0 && f.n_tensors == 10;
+    for (int i = 0; ok && i < 10; i++) {
+        const st_tensor *t = st_find(&f, tensor_names[i]);
+        int64_t shape[4], want = 1;
+        int nd = tensor_shape(i, shape);
+        for (int d = 0; d < nd; d++)
+            want *= shape[d];
         ok = t && t->numel == want;
         if (ok)
-            st_to_f32(t, dst);
+            st_to_f32(t, i % 2 ? m->b[i / 2] : m->w[i / 2]);
     }
     st_close(&f);
     if (!ok)

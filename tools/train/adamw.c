@@ -4,6 +4,10 @@
 
 #include <math.h>
 
+#ifndef _OPENMP
+#pragma GCC diagnostic ignored "-Wunknown-pragmas"
+#endif
+
 void adamw_step(float *p, const float *g, float *m, float *v, int64_t n, int64_t step, const adamw_opts *o)
 {
     const float decay = (float)(1.0 - o->lr * o->weight_decay);
