@@ -174,6 +174,12 @@ bad other-model "checkpoint of another config" --data "$tmp/img.idx.gz" --out "$
     $tiny --blocks 8,8
 bad other-data "checkpoint of another config: it has 'data=10x1x8x8" --data "$tmp/pngs" --out "$tmp/full" \
     --resume --steps 8 $tiny
+mkdir -p "$tmp/notckpt" "$tmp/cutckpt"
+cp "$tmp/full/model.safetensors" "$tmp/notckpt/checkpoint.safetensors"
+head -c 5000 "$tmp/full/checkpoint.safetensors" >"$tmp/cutckpt/checkpoint.safetensors"
+bad not-a-checkpoint "not a ddpm-train checkpoint" --data "$tmp/img.idx.gz" --out "$tmp/notckpt" --resume --steps 8 $tiny
+bad cut-checkpoint "cutckpt/checkpoint.safetensors" --data "$tmp/img.idx.gz" --out "$tmp/cutckpt" --resume --steps 8 \
+    $tiny
 bad no-resume "pass --resume" --data "$tmp/img.idx.gz" --out "$tmp/full" --steps 8 $tiny
 bad resume-nothing "--resume: .*No such file" --data "$tmp/img.idx.gz" --out "$tmp/none" --resume --steps 8 $tiny
 bad unwritable-out "cannot create the folder" --data "$tmp/img.idx.gz" --out "$tmp/ckpt.orig/run" --steps 8 $tiny

@@ -40,8 +40,8 @@ ddpm_result ckpt_save(const char *path, const train_state *s, const char *config
     return st_write(path, t, 4, meta, (int)DDPM_ARRAY_LEN(meta), ST_F32);
 }
 
-/* Copies line `k` (0-based, without its newline) of text into buf. */
-static void nth_line(const char *text, int k, char *buf, size_t n)
+/* Line `k` (0-based) of text: its start and length. */
+static const char *nth_line(const char *text, int k, int *len)
 {
     const char *p = text;
     for (int i = 0; i < k && p; i++) {
@@ -49,23 +49,33 @@ static void nth_line(const char *text, int k, char *buf, size_t n)
         if (p)
             p++;
     }
-    if (!p || !*p) {
-        snprintf(buf, n, "(nothing)");
-        return;
-    }
-    size_t len = strcspn(p, "\n");
-    snprintf(buf, n, "%.*s", (int)(len < n - 1 ? len : n - 1), p);
+    if (!p)
+        p = "";
+    *len = (int)strcspn(p, "\n");
+    return p;
 }
 
+/* Names the first config line that differs; long lines (the model JSON) are shown from their key up to
+ * a little past the first differing character. */
 static ddpm_result config_diff(const char *path, const char *have, const char *want)
 {
     int line = 0;
     for (const char *a = have, *b = want; *a && *a == *b; a++, b++)
         if (*a == '\n')
             line++;
-    char ca[256], cb[256];
-    nth_line(have, line, ca, sizeof ca);
-    nth_line(want, line, cb, sizeof cb);
+    int la, lb;
+    const char *pa = nth_line(have, line, &la), *pb = nth_line(want, line, &lb);
+    int same = 0;
+    while (same < la && same < lb && pa[same] == pb[same])
+        same++;
+    int key = (int)strcspn(pa, "=\n") + 1, from = same > 60 ? same - 40 : 0, to = same + 20;
+    if (la <= 100 && lb <= 100) /* short lines whole */
+        from = 0, to = 100;
+    char ca[160], cb[160];
+    snprintf(ca, sizeof ca, "%.*s%s%.*s%s", from ? key : 0, pa, from ? "..." : "", (la < to ? la : to) - from,
+             pa + from, la > to ? "..." : "");
+    snprintf(cb, sizeof cb, "%.*s%s%.*s%s", from ? key : 0, pb, from ? "..." : "", (lb < to ? lb : to) - from,
+             pb + from, lb > to ? "..." : "");
     return ddpm_fail(DDPM_ERR_ARG, "%s: checkpoint of another config: it has '%s', this run has '%s'", path,
                      ca, cb);
 }
