@@ -159,7 +159,7 @@ void cpu_sgemm(int transa, int transb, int M, int N, int K, float alpha, const f
     int64_t work = (int64_t)M * N * (K > 0 ? K : 1);
     int nt = 1;
 #ifdef _OPENMP
-    nt = work > (1 << 20) ? omp_get_max_threads() : 1;
+    nt = work > (1 << 20) && !omp_in_parallel() ? omp_get_max_threads() : 1;
 #endif
     if (nt <= 1) {
         sgemm_cblas(transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);

@@ -572,59 +572,61 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
 {
     // dq dk dv dout q k v (B,C,HW); per head h (channels h*d ..), with Q, K, V, dO its (d, HW) blocks:
     // P = softmax_rows(sc Q^T K); dV += dO P; dP = dO^T V; dS = P (dP - rowsum(P dP)) sc;
-    // dQ += K dS^T; dK += Q dS. Serial over (item, head); the GEMMs and row loops thread inside.
+    // dQ += K dS^T; dK += Q dS. One (item, head) per task, each writing only its own blocks; the GEMMs
+    // inside run on the task's thread. Scratch: two HW x HW matrices per thread.
     if (heads <= 0 || C % heads || HW <= 0 || B <= 0)
         return;
     int d = C / heads;
     float sc = 1.0f / sqrtf((float)d);
-    float *P = malloc((size_t)HW * HW * sizeof(float));
-    float *dP = malloc((size_t)HW * HW * sizeof(float));
-    if (!P || !dP) {
+    int64_t tasks = (int64_t)B * heads;
+#pragma omp parallel if (tasks > 1 && tasks * HW * HW * d > 65536)
+    {
+        float *P = malloc((size_t)HW * HW * sizeof(float));
+        float *dP = malloc((size_t)HW * HW * sizeof(float));
+#pragma omp for schedule(dynamic)
+        for (int64_t bh = 0; bh < tasks; bh++) {
+            size_t off = (size_t)bh * d * HW;
+            if (!P || !dP) { /* no scratch: the naive loop on this (item, head) */
+                attention_backward_naive(dq ? dq + off : NULL, dk ? dk + off : NULL, dv ? dv + off : NULL,
+                                         dout + off, q + off, k + off, v + off, 1, d, HW, 1);
+                continue;
+            }
+            const float *qh = q + off, *kh = k + off, *vh = v + off, *go = dout + off;
+            cpu_sgemm(1, 0, HW, HW, d, sc, qh, HW, kh, HW, 0.0f, P, HW); /* scores (HW, HW) */
+            for (int i = 0; i < HW; i++) {
+                float *p = P + (size_t)i * HW, mx = p[0], z = 0.0f;
+                for (int j = 1; j < HW; j++)
+                    mx = p[j] > mx ? p[j] : mx;
+                for (int j = 0; j < HW; j++) {
+                    p[j] = expf(p[j] - mx);
+                    z += p[j];
+                }
+                float inv = 1.0f / z;
+                for (int j = 0; j < HW; j++)
+                    p[j] *= inv;
+            }
+            if (dv)
+                cpu_sgemm(0, 0, d, HW, HW, 1.0f, go, HW, P, HW, 1.0f, dv + off, HW);
+            if (!dq && !dk)
+                continue;
+            cpu_sgemm(1, 0, HW, HW, d, 1.0f, go, HW, vh, HW, 0.0f, dP, HW);
+            for (int i = 0; i < HW; i++) {
+                const float *p = P + (size_t)i * HW;
+                float *dp = dP + (size_t)i * HW;
+                float D = 0.0f;
+                for (int j = 0; j < HW; j++)
+                    D += p[j] * dp[j];
+                for (int j = 0; j < HW; j++)
+                    dp[j] = p[j] * (dp[j] - D) * sc; /* dS */
+            }
+            if (dq)
+                cpu_sgemm(0, 1, d, HW, HW, 1.0f, kh, HW, dP, HW, 1.0f, dq + off, HW);
+            if (dk)
+                cpu_sgemm(0, 0, d, HW, HW, 1.0f, qh, HW, dP, HW, 1.0f, dk + off, HW);
+        }
         free(P);
         free(dP);
-        attention_backward_naive(dq, dk, dv, dout, q, k, v, B, C, HW, heads);
-        return;
     }
-    int big = (int64_t)HW * HW > 16384;
-    for (int64_t bh = 0; bh < (int64_t)B * heads; bh++) {
-        size_t off = (size_t)bh * d * HW;
-        const float *qh = q + off, *kh = k + off, *vh = v + off, *go = dout + off;
-        cpu_sgemm(1, 0, HW, HW, d, sc, qh, HW, kh, HW, 0.0f, P, HW); /* scores (HW, HW) */
-#pragma omp parallel for if (big)
-        for (int i = 0; i < HW; i++) {
-            float *p = P + (size_t)i * HW, mx = -INFINITY, z = 0.0f;
-            for (int j = 0; j < HW; j++)
-                mx = fmaxf(mx, p[j]);
-            for (int j = 0; j < HW; j++) {
-                p[j] = expf(p[j] - mx);
-                z += p[j];
-            }
-            float inv = 1.0f / z;
-            for (int j = 0; j < HW; j++)
-                p[j] *= inv;
-        }
-        if (dv)
-            cpu_sgemm(0, 0, d, HW, HW, 1.0f, go, HW, P, HW, 1.0f, dv + off, HW);
-        if (!dq && !dk)
-            continue;
-        cpu_sgemm(1, 0, HW, HW, d, 1.0f, go, HW, vh, HW, 0.0f, dP, HW);
-#pragma omp parallel for if (big)
-        for (int i = 0; i < HW; i++) {
-            const float *p = P + (size_t)i * HW;
-            float *dp = dP + (size_t)i * HW;
-            float D = 0.0f;
-            for (int j = 0; j < HW; j++)
-                D += p[j] * dp[j];
-            for (int j = 0; j < HW; j++)
-                dp[j] = p[j] * (dp[j] - D) * sc; /* dS */
-        }
-        if (dq)
-            cpu_sgemm(0, 1, d, HW, HW, 1.0f, kh, HW, dP, HW, 1.0f, dq + off, HW);
-        if (dk)
-            cpu_sgemm(0, 0, d, HW, HW, 1.0f, qh, HW, dP, HW, 1.0f, dk + off, HW);
-    }
-    free(P);
-    free(dP);
 }
 
 /* ---- upsample, concat ------------------------------------------------------------------------- */
