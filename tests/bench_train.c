@@ -85,8 +85,13 @@ int main(int argc, char **argv)
             tb += t2 - t1;
         }
     }
-    printf("bench_train: %lld params, %.1f MFLOP forward per image, batch %d, %d threads, sgemm %s\n",
-           (long long)g->n_weights, (double)g->flops * 1e-6, B, threads, cpu_sgemm_backend());
+    int64_t act = 0; /* the trainer keeps every activation of the forward */
+    for (int v = 0; v < g->n_values; v++)
+        act += B * value_numel(&g->values[v]) * (int64_t)sizeof(float);
+    printf("bench_train: %lld params, %.1f MFLOP forward per image, batch %d, %d threads, sgemm %s, "
+           "activations %.0f MiB\n",
+           (long long)g->n_weights, (double)g->flops * 1e-6, B, threads, cpu_sgemm_backend(),
+           (double)act / 1048576.0);
     printf("forward  %.1f ms/step  %.1f img/s  (CPU time of all threads %.1f ms/step)\n", 1e3 * tf / iters,
            B * iters / tf, 1e3 * cpu_f / iters);
     printf("backward %.1f ms/step  %.1f img/s  (CPU time of all threads %.1f ms/step)\n", 1e3 * tb / iters,

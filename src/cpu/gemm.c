@@ -7,6 +7,7 @@
 
 #ifdef DDPM_HAVE_CBLAS
 #include <cblas.h>
+#include <pthread.h>
 #endif
 
 #ifdef _OPENMP
@@ -134,6 +135,11 @@ void cpu_sgemm_portable(int transa, int transb, int M, int N, int K, float alpha
 }
 
 #ifdef DDPM_HAVE_CBLAS
+static void blas_single_thread(void)
+{
+    openblas_set_num_threads(1);
+}
+
 static void sgemm_cblas(int transa, int transb, int M, int N, int K, float alpha, const float *A, int lda,
                         const float *B, int ldb, float beta, float *C, int ldc)
 {
@@ -151,14 +157,11 @@ void cpu_sgemm(int transa, int transb, int M, int N, int K, float alpha, const f
     /* OpenBLAS runs single-threaded inside OpenMP's threads: its own pool would compete with OpenMP's
      * for the same cores (both spin while waiting), which made the backward several times slower. Each
      * thread multiplies a slice of C's columns (or rows, when C is tall). */
-    static int single;
-    if (!single) {
-        openblas_set_num_threads(1);
-        single = 1;
-    }
-    int64_t work = (int64_t)M * N * (K > 0 ? K : 1);
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, blas_single_thread);
     int nt = 1;
 #ifdef _OPENMP
+    int64_t work = (int64_t)M * N * (K > 0 ? K : 1);
     nt = work > (1 << 20) && !omp_in_parallel() ? omp_get_max_threads() : 1;
 #endif
     if (nt <= 1) {

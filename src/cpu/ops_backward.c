@@ -17,9 +17,10 @@ void linear_backward(float *dinp, float *dw, float *db, const float *dout, const
                      int B, int K, int M)
 {
     // dinp (B,K), dw (M,K), db (M), dout (B,M), inp (B,K), w (M,K)
-    int big = (int64_t)B * M * K > (1 << 18);
+    int64_t work = (int64_t)B * M * K;
+    (void)work; /* read by the OpenMP clauses only */
     if (dinp) {
-#pragma omp parallel for if (big)
+#pragma omp parallel for if (work > (1 << 18))
         for (int bi = 0; bi < B; bi++) {
             float *dx = dinp + (size_t)bi * K;
             const float *g = dout + (size_t)bi * M;
@@ -32,7 +33,7 @@ void linear_backward(float *dinp, float *dw, float *db, const float *dout, const
         }
     }
     if (dw || db) {
-#pragma omp parallel for if (big)
+#pragma omp parallel for if (work > (1 << 18))
         for (int m = 0; m < M; m++) {
             float *dwr = dw ? dw + (size_t)m * K : NULL;
             float sb = 0.0f;
@@ -361,6 +362,7 @@ void groupnorm_backward_naive(float *dinp, float *dgamma, float *dbeta, const fl
     int cg = C / groups;
     int64_t n = (int64_t)cg * HW;
     int big = (int64_t)B * C * HW > 32768;
+    (void)big; /* read by the OpenMP clauses only */
     float *stat = malloc((size_t)B * groups * 2 * sizeof(float));
     if (stat) {
 #pragma omp parallel for if (big)
