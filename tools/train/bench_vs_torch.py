@@ -6,6 +6,8 @@
 # The network is the issue's: ch 32, block_out_channels (32, 64, 64), one res block per level, attention at
 # 14x14 (level 1) and in the middle block, 28x28x1. ddpm-train runs first; its exported model's config
 # (safetensors metadata) builds the torch model, so both train exactly the same architecture.
+# Besides wall-clock img/s it prints CPU-seconds per image (all threads): on a machine shared with other
+# work, wall time depends on the neighbours, CPU time much less. Both runs get the same environment.
 import argparse
 import json
 import os
@@ -26,7 +28,7 @@ def st_metadata(path):
 
 
 def run_ddpm_train(exe, out, steps, batch, threads, data):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))  # the torch run sets the same count
     cmd = [exe, '--out', out, '--steps', str(steps), '--batch', str(batch), '--blocks', '32,64,64',
            '--attn', '0,1,0', '--layers', '1', '--sample-every', '0', '--ckpt-minutes', '0', '--quiet']
     if data:
@@ -34,13 +36,14 @@ def run_ddpm_train(exe, out, steps, batch, threads, data):
     p = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True)
     if p.returncode != 0:
         sys.exit('bench: ddpm-train failed:\n' + p.stderr)
-    rate = None
+    rate = cpu = None
     for line in p.stderr.splitlines():
         if 'img/s (training only)' in line:
             rate = float(line.split(' img/s')[0].split()[-1])
+            cpu = float(line.split(' CPU-s/img')[0].split()[-1])
     if rate is None:
         sys.exit('bench: no img/s line from ddpm-train:\n' + p.stderr)
-    return rate, os.path.join(out, 'model.safetensors')
+    return rate, cpu, os.path.join(out, 'model.safetensors')
 
 
 def run_torch(cfg, steps, batch, threads):
@@ -72,10 +75,11 @@ def run_torch(cfg, steps, batch, threads):
                 e.mul_(0.9995).add_(p, alpha=0.0005)
 
     step()  # warm-up: allocator, first-touch
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
-    return steps * batch / (time.perf_counter() - t0), torch.__version__
+    n = steps * batch
+    return n / (time.perf_counter() - t0), (time.process_time() - c0) / n, torch.__version__
 
 
 def main():
@@ -85,17 +89,22 @@ def main():
     ap.add_argument('--batch', type=int, default=64)
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--data', default=None, help='ddpm-train --data (default: its Fashion-MNIST default)')
+    ap.add_argument('--wait-policy', default='passive', choices=['passive', 'active', 'default'],
+                    help='OMP_WAIT_POLICY for both runs (passive: idle threads sleep instead of spinning, which '
+                         'matters on a machine shared with other work)')
     a = ap.parse_args()
+    if a.wait_policy != 'default':
+        os.environ['OMP_WAIT_POLICY'] = a.wait_policy  # both libgomp users (ddpm-train, torch) read it
     with tempfile.TemporaryDirectory() as tmp:
-        ours, model = run_ddpm_train(a.ddpm_train, os.path.join(tmp, 'run'), a.steps, a.batch, a.threads, a.data)
+        ours, ours_cpu, model = run_ddpm_train(a.ddpm_train, os.path.join(tmp, 'run'), a.steps, a.batch, a.threads, a.data)
         cfg = json.loads(st_metadata(model)['ddpm.config'])
-    theirs, version = run_torch(cfg, a.steps, a.batch, a.threads)
+    theirs, theirs_cpu, version = run_torch(cfg, a.steps, a.batch, a.threads)
     print(f'network: block_out_channels {cfg["block_out_channels"]}, layers_per_block {cfg["layers_per_block"]}, '
           f'{cfg["down_block_types"]}, {cfg["sample_size"]}x{cfg["sample_size"]}x{cfg["in_channels"]}; '
-          f'batch {a.batch}, {a.threads} threads, {a.steps} steps each')
-    print(f'pytorch {version}: {theirs:.2f} img/s')
-    print(f'ddpm-train:    {ours:.2f} img/s')
-    print(f'ratio ddpm-train / pytorch: {ours / theirs:.2f}x')
+          f'batch {a.batch}, {a.threads} threads, {a.steps} steps each, OMP_WAIT_POLICY {a.wait_policy}')
+    print(f'pytorch {version}: {theirs:.2f} img/s, {theirs_cpu:.4f} CPU-s/img')
+    print(f'ddpm-train:         {ours:.2f} img/s, {ours_cpu:.4f} CPU-s/img')
+    print(f'ratio ddpm-train / pytorch: {ours / theirs:.2f}x img/s, {theirs_cpu / ours_cpu:.2f}x img per CPU-s')
 
 
 if __name__ == '__main__':

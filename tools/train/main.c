@@ -387,6 +387,15 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* CPU time of the whole process (every thread): on a shared machine, a steadier cost measure than wall time.
+ */
+static double cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 /* Creates dir if missing and checks a file can be created in it, before any work is done. */
 static int ensure_writable_dir(const char *dir)
 {
@@ -823,7 +832,7 @@ int main(int argc, char **argv)
             r->data.n, r->data.c, r->data.s, r->data.s, o->data, r->graph.n_weights, r->graph.flops * 1e-9,
             o->resume ? "resuming" : "starting", r->st.step, o->steps);
     const int tty = isatty(2);
-    double t_start = now_s(), t_ckpt = t_start, t_print = 0, train_s = 0;
+    double t_start = now_s(), t_ckpt = t_start, t_print = 0, train_s = 0, train_cpu = 0;
     int64_t step0 = r->st.step;
     int ok = 1;
     while (r->st.step < o->steps && !g_stop) {
@@ -831,8 +840,9 @@ int main(int argc, char **argv)
             g_stop = -1;
             break;
         }
-        double t0 = now_s(), gnorm = 0;
+        double t0 = now_s(), c0 = cpu_s(), gnorm = 0;
         double loss = train_step(r, x0, eps, xt, tt, dout, &gnorm);
+        train_cpu += cpu_s() - c0;
         if (isnan(loss)) {
             ok = 0;
             break;
@@ -877,9 +887,12 @@ int main(int argc, char **argv)
             fprintf(stderr, "ddpm-train: stopped at step %" PRId64 " (%s); checkpoint %s\n", r->st.step,
                     g_stop > 0 ? (g_stop == SIGINT ? "SIGINT" : "SIGTERM") : "--stop-after", r->ckpt_path);
         fprintf(stderr,
-                "ddpm-train: %" PRId64 " steps of %d in %.1f s: %.2f img/s (training only); step %" PRId64
+                "ddpm-train: %" PRId64
+                " steps of %d in %.1f s: %.2f img/s (training only), %.4f CPU-s/img; step %" PRId64
                 ", %.0f s in total; EMA model %s\n",
-                r->st.step - step0, B, train_s, rate, r->st.step, r->st.seconds, r->model_path);
+                r->st.step - step0, B, train_s, rate,
+                r->st.step > step0 ? train_cpu / ((double)(r->st.step - step0) * B) : 0.0, r->st.step,
+                r->st.seconds, r->model_path);
         status = 0;
     }
 free_batch:
