@@ -79,9 +79,8 @@ static void matmul(const double *a, const double *b, double *c, int n)
 double frechet_gauss(const double *mu1, const double *c1, const double *mu2, const double *c2, int d)
 {
     size_t nn = (size_t)d * d;
-    double *t = malloc(sizeof(double) * nn), *v = malloc(sizeof(double) * nn),
-           *r = malloc(sizeof(double) * nn);
-    double *m = malloc(sizeof(double) * nn), *w = malloc(sizeof(double) * (size_t)d);
+    double *t = calloc(nn, sizeof(double)), *v = calloc(nn, sizeof(double)), *r = calloc(nn, sizeof(double));
+    double *m = calloc(nn, sizeof(double)), *w = calloc((size_t)d, sizeof(double));
     double res = NAN;
     if (!t || !v || !r || !m || !w)
         goto done;
