@@ -10,6 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 void conv2d_backward_naive(float *dinp, float *dw, float *db, float *dtemb, float *dres, const float *dout,
                            const float *inp, const float *w, float scale, int B, int Ci, int H, int W, int Co,
                            int k, int stride, int pt, int pl, int pb, int pr);
@@ -495,6 +499,12 @@ static void test_unet_grads(const char *fixture, float dropout, int pts)
         free(ref);
         free(again);
     }
+#ifdef _OPENMP
+    /* The thousands of tiny finite-difference forwards run on one thread: on a busy 2-core machine each
+     * parallel region can wait out a scheduler time slice, which made this test 20x slower. */
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+#endif
     double S = 0.0;
     for (int64_t i = 0; i < n_out; i++)
         S += fabs((double)out[i] * rr[i]);
@@ -526,6 +536,9 @@ static void test_unet_grads(const char *fixture, float dropout, int pts)
             }
         }
     }
+#ifdef _OPENMP
+    omp_set_num_threads(threads);
+#endif
     CHECK(bad == 0, "%s U-Net (dropout %g): %d of %d parameter gradients off finite differences", fixture,
           (double)dropout, bad, checked);
     printf(
