@@ -351,6 +351,24 @@ static void test_attention(int B, int C, int HW, int heads, int naive)
     fd_free(&c);
 }
 
+/* The training forward's GEMM attention against the inference kernel. */
+static void test_attention_forward_gemm(int B, int C, int HW, int heads)
+{
+    int64_t n = (int64_t)B * C * HW;
+    float *q = randn(n, 1.0f), *k = randn(n, 1.0f), *v = randn(n, 1.0f);
+    float *o[2] = {malloc((size_t)n * sizeof(float)), malloc((size_t)n * sizeof(float))};
+    attention_forward_gemm(o[0], q, k, v, B, C, HW, heads);
+    attention_forward(o[1], q, k, v, B, C, HW, heads);
+    char what[96];
+    snprintf(what, sizeof what, "attention forward gemm vs kernel B%d C%d HW%d heads %d", B, C, HW, heads);
+    CHECK(test_close(what, o[0], o[1], n, 1e-5f, 1e-5f), "%s", what);
+    free(q);
+    free(k);
+    free(v);
+    free(o[0]);
+    free(o[1]);
+}
+
 static void up_fwd(fd_case *c, float *out)
 {
     upsample_forward(out, c->t[0].x, c->ip[0], c->ip[1], c->ip[2], c->ip[3]);
@@ -598,6 +616,8 @@ int main(void)
     test_attention(1, 3, 1, 1, 0);
     test_attention(1, 5, 15, 1, 0);
     test_attention(2, 6, 7, 2, 1);
+    test_attention_forward_gemm(3, 6, 37, 2);
+    test_attention_forward_gemm(2, 64, 196, 1);
     test_upsample(2, 3, 3, 5);
     test_upsample(1, 1, 1, 1);
     test_concat(2, 1, 3, 15);

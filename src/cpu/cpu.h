@@ -38,6 +38,10 @@ void conv2d_forward_gemm(float *out, const float *inp, const float *w, const flo
 void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
                         const float *gamma, const float *beta, int B, int C, int HW, int groups, float eps,
                         int silu);
+/* attention_forward as two GEMMs per (batch item, head) with an HW x HW scratch per thread: the training
+ * forward's attention. */
+void attention_forward_gemm(float *out, const float *q, const float *k, const float *v, int B, int C, int HW,
+                            int heads);
 /* Softmax rows recomputed per (batch item, head); HW x HW scratch per call. */
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                         const float *v, int B, int C, int HW, int heads);

@@ -569,6 +569,50 @@ void attention_backward_naive(float *dq, float *dk, float *dv, const float *dout
     }
 }
 
+/* softmax of each of the n rows of p (n x n), in place */
+static void softmax_rows(float *P, int n)
+{
+    for (int i = 0; i < n; i++) {
+        float *p = P + (size_t)i * n, mx = p[0], z = 0.0f;
+        for (int j = 1; j < n; j++)
+            mx = p[j] > mx ? p[j] : mx;
+        for (int j = 0; j < n; j++) {
+            p[j] = expf(p[j] - mx);
+            z += p[j];
+        }
+        float inv = 1.0f / z;
+        for (int j = 0; j < n; j++)
+            p[j] *= inv;
+    }
+}
+
+void attention_forward_gemm(float *out, const float *q, const float *k, const float *v, int B, int C, int HW,
+                            int heads)
+{
+    // out q k v (B,C,HW); per (item, head): P = softmax_rows(sc Q^T K), O = V P^T, on the task's thread
+    if (heads <= 0 || C % heads || HW <= 0 || B <= 0)
+        return;
+    int d = C / heads;
+    float sc = 1.0f / sqrtf((float)d);
+    int64_t tasks = (int64_t)B * heads;
+#pragma omp parallel if (tasks > 1 && tasks * HW * HW * d > 65536)
+    {
+        float *P = malloc((size_t)HW * HW * sizeof(float));
+#pragma omp for schedule(dynamic)
+        for (int64_t bh = 0; bh < tasks; bh++) {
+            size_t off = (size_t)bh * d * HW;
+            if (!P) { /* no scratch: the row-at-a-time forward on this (item, head) */
+                attention_forward(out + off, q + off, k + off, v + off, 1, d, HW, 1);
+                continue;
+            }
+            cpu_sgemm(1, 0, HW, HW, d, sc, q + off, HW, k + off, HW, 0.0f, P, HW);
+            softmax_rows(P, HW);
+            cpu_sgemm(0, 1, d, HW, HW, 1.0f, v + off, HW, P, HW, 0.0f, out + off, HW);
+        }
+        free(P);
+    }
+}
+
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                         const float *v, int B, int C, int HW, int heads)
 {
@@ -595,18 +639,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
             }
             const float *qh = q + off, *kh = k + off, *vh = v + off, *go = dout + off;
             cpu_sgemm(1, 0, HW, HW, d, sc, qh, HW, kh, HW, 0.0f, P, HW); /* scores (HW, HW) */
-            for (int i = 0; i < HW; i++) {
-                float *p = P + (size_t)i * HW, mx = p[0], z = 0.0f;
-                for (int j = 1; j < HW; j++)
-                    mx = p[j] > mx ? p[j] : mx;
-                for (int j = 0; j < HW; j++) {
-                    p[j] = expf(p[j] - mx);
-                    z += p[j];
-                }
-                float inv = 1.0f / z;
-                for (int j = 0; j < HW; j++)
-                    p[j] *= inv;
-            }
+            softmax_rows(P, HW);
             if (dv)
                 cpu_sgemm(0, 0, d, HW, HW, 1.0f, go, HW, P, HW, 1.0f, dv + off, HW);
             if (!dq && !dk)

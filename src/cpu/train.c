@@ -146,6 +146,12 @@ ddpm_result cpu_train_forward(cpu_trainer *tr, const float *const *weights, cons
     tr->seed = dropout_seed;
     for (int i = 0; i < g->n_nodes; i++) {
         const ddpm_node *n = &g->nodes[i];
+        if (n->op == OP_ATTENTION) { /* GEMMs: faster than the inference kernel at training batch sizes */
+            const ddpm_value *a = &g->values[n->in[0]];
+            attention_forward_gemm(tr->vals[n->out], tr->vals[n->in[0]], tr->vals[n->in[1]],
+                                   tr->vals[n->in[2]], B, a->c, a->h * a->w, n->ip[0]);
+            continue;
+        }
         if (n->op != OP_CONV2D) {
             cpu_node_forward(g, n, tr->vals, weights, B);
             continue;
