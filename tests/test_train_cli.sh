@@ -106,7 +106,7 @@ run raw --data "$tmp/img.idx" --out "$tmp/half" --steps 7 --resume $tiny
 # SIGTERM mid-run: the checkpoint it writes resumes to the same state as an uninterrupted run
 "$BIN" --data "$tmp/img.idx.gz" --out "$tmp/sig" --steps 1000000 --sample-every 0 $tiny 2>"$tmp/sig.err" &
 pid=$!
-for _ in $(seq 1 200); do
+for _ in $(seq 1 1200); do # up to a minute on a loaded machine; the handler is set before the first row
     [ -f "$tmp/sig/loss.csv" ] && [ "$(wc -l <"$tmp/sig/loss.csv")" -ge 3 ] && break
     sleep 0.05
 done

@@ -850,11 +850,12 @@ int main(int argc, char **argv)
         double dt = now_s() - t0;
         train_s += dt;
         r->st.seconds += dt;
-        /* bias-corrected running mean of the loss, as shown in the progress line */
+        /* running mean of the loss (started at the first loss), as shown in the progress line */
         r->st.loss_avg = r->st.step == 1 ? loss : 0.98 * r->st.loss_avg + 0.02 * loss;
         double warm = o->warmup > 0 ? (double)r->st.step / o->warmup : 1.0;
         fprintf(r->csv, "%" PRId64 ",%.6g,%.6g,%.6g\n", r->st.step, loss, o->lr * (warm < 1 ? warm : 1),
                 gnorm);
+        fflush(r->csv); /* a row per step: cheap next to a step, and readable while the run goes on */
         double now = now_s();
         if (!o->quiet && (now - t_print >= (tty ? 0.5 : 30) || r->st.step == o->steps)) {
             double rate = (double)(r->st.step - step0) * B / train_s;
