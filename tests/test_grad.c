@@ -481,9 +481,9 @@ static void test_unet_grads(const char *fixture, float dropout, int pts)
     if (r != DDPM_OK)
         return;
     const ddpm_graph *g = &m->graph;
-    int B = 2;
+    int B = dropout > 0.0f ? 3 : 2; /* 3: shards of 2 and 1 images on two threads */
     int64_t n_in = B * value_numel(&g->values[g->input]), n_out = B * value_numel(&g->values[g->output]);
-    float *x = randn(n_in, 1.0f), t[2] = {17.0f, 640.0f}, *rr = randn(n_out, 1.0f);
+    float *x = randn(n_in, 1.0f), t[3] = {17.0f, 640.0f, 999.0f}, *rr = randn(n_out, 1.0f);
     cpu_trainer *tr = NULL;
     r = cpu_train_create(g, B, dropout, &tr);
     CHECK(r == DDPM_OK, "cpu_train_create: %s", ddpm_last_error());
@@ -517,6 +517,51 @@ static void test_unet_grads(const char *fixture, float dropout, int pts)
         free(ref);
         free(again);
     }
+#ifdef _OPENMP
+    if (omp_get_max_threads() > 1) { /* one shard per thread: the same step on one thread (one shard) */
+        int nthreads = omp_get_max_threads();
+        omp_set_num_threads(1);
+        cpu_trainer *one = NULL;
+        float **g1 = calloc((size_t)g->n_params, sizeof *g1);
+        const float *out1;
+        for (int i = 0; i < g->n_params; i++)
+            g1[i] = filled(g->params[i].numel, PREFILL);
+        r = cpu_train_create(g, B, dropout, &one);
+        r = r == DDPM_OK ? cpu_train_forward(one, (const float *const *)m->weights, x, t, u.seed, &out1) : r;
+        CHECK(r == DDPM_OK, "one-shard trainer: %s", ddpm_last_error());
+        const float *outn;
+        cpu_train_forward(tr, (const float *const *)m->weights, x, t, u.seed, &outn);
+        char what[128];
+        snprintf(what, sizeof what, "%s: output with %d shards vs 1", fixture, nthreads < B ? nthreads : B);
+        CHECK(test_close(what, outn, out1, n_out, 1e-6f, 1e-5f), "%s", what);
+        r = cpu_train_backward(one, (const float *const *)m->weights, rr, g1);
+        /* summed in another order: rounding relative to the largest gradient (gradients that are zero up
+         * to rounding, like to_k.bias, differ in every digit) */
+        int far = 0;
+        float gmax = 0.0f;
+        for (int p = 0; p < g->n_params; p++)
+            for (int64_t i = 0; i < g->params[p].numel; i++)
+                gmax = fmaxf(gmax, fabsf(grads[p][i] - PREFILL));
+        for (int p = 0; p < g->n_params; p++) {
+            for (int64_t i = 0; i < g->params[p].numel; i++)
+                if (!(fabsf(g1[p][i] - grads[p][i]) <= 1e-5f * gmax + 1e-3f * fabsf(grads[p][i] - PREFILL))) {
+                    if (far++ < 3)
+                        printf("  %s[%lld]: %.8g (1 shard) vs %.8g, max |grad| %.3g\n", g->params[p].name,
+                               (long long)i, (double)(g1[p][i] - PREFILL), (double)(grads[p][i] - PREFILL),
+                               (double)gmax);
+                }
+        }
+        CHECK(r == DDPM_OK && far == 0, "%s: gradients with %d shards vs 1: %d elements differ", fixture,
+              nthreads < B ? nthreads : B, far);
+        printf("%s: gradients with %d shards vs 1 shard: %d elements differ by more than 1e-5 x %.3g\n",
+               fixture, nthreads < B ? nthreads : B, far, (double)gmax);
+        for (int i = 0; i < g->n_params; i++)
+            free(g1[i]);
+        free(g1);
+        cpu_train_free(one);
+        omp_set_num_threads(nthreads);
+    }
+#endif
 #ifdef _OPENMP
     /* The thousands of tiny finite-difference forwards run on one thread: on a busy 2-core machine each
      * parallel region can wait out a scheduler time slice, which made this test 20x slower. */
