@@ -356,8 +356,9 @@ ddpm_result cpu_train_backward(cpu_trainer *tr, const float *const *weights, con
     for (int s = 0; s < tr->n_shards; s++)
         shard_backward(tr, &tr->sh[s], weights, dout, s == 0 ? grads : tr->sh[s].grads);
     for (int s = 0; s < tr->n_shards; s++)
-        if (tr->sh[s].res != DDPM_OK)
-            return tr->sh[s].res;
+        if (tr->sh[s].res != DDPM_OK) /* again here: the shard's message is in its thread's error slot */
+            return ddpm_fail(tr->sh[s].res, "cpu_train_backward: out of memory for the gradients of shard %d",
+                             s);
     /* the other shards' gradients, added in shard order */
     for (int p = 0; p < g->n_params; p++) {
         float *gp = grads[p];
