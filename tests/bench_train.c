@@ -28,8 +28,9 @@ static double now(void)
 int main(int argc, char **argv)
 {
     int B = argc > 1 ? atoi(argv[1]) : 64, iters = argc > 2 ? atoi(argv[2]) : 5;
+    float dropout = argc > 3 ? (float)atof(argv[3]) : 0.0f; /* ddpm-train's default is 0 */
     if (B < 1 || iters < 1) {
-        fprintf(stderr, "usage: bench_train [batch] [iterations]\n");
+        fprintf(stderr, "usage: bench_train [batch] [iterations] [dropout]\n");
         return 2;
     }
     ddpm_unet_config c;
@@ -48,7 +49,7 @@ int main(int argc, char **argv)
     ddpm_model *m = NULL;
     cpu_trainer *tr = NULL;
     if (model_create_random(&c, &s, 1, 0.05f, &m) != DDPM_OK ||
-        cpu_train_create(&m->graph, B, 0.1f, &tr) != DDPM_OK) {
+        cpu_train_create(&m->graph, B, dropout, &tr) != DDPM_OK) {
         fprintf(stderr, "bench_train: %s\n", ddpm_last_error());
         return 1;
     }
@@ -89,9 +90,9 @@ int main(int argc, char **argv)
     for (int v = 0; v < g->n_values; v++)
         act += B * value_numel(&g->values[v]) * (int64_t)sizeof(float);
     printf("bench_train: %lld params, %.1f MFLOP forward per image, batch %d, %d threads, sgemm %s, "
-           "activations %.0f MiB\n",
+           "activations %.0f MiB, dropout %g\n",
            (long long)g->n_weights, (double)g->flops * 1e-6, B, threads, cpu_sgemm_backend(),
-           (double)act / 1048576.0);
+           (double)act / 1048576.0, (double)dropout);
     printf("forward  %.1f ms/step  %.1f img/s  (CPU time of all threads %.1f ms/step)\n", 1e3 * tf / iters,
            B * iters / tf, 1e3 * cpu_f / iters);
     printf("backward %.1f ms/step  %.1f img/s  (CPU time of all threads %.1f ms/step)\n", 1e3 * tb / iters,

@@ -296,18 +296,29 @@ static void gn_fwd(fd_case *c, float *out)
     groupnorm_forward(out, c->t[0].x, c->t[1].x, c->t[2].x, c->ip[0], c->ip[1], c->ip[2], c->ip[3], c->fp[0],
                       c->ip[4]);
 }
+/* ip[5]: pass the forward's output (the exp-free SiLU derivative) */
 static void gn_bwd(fd_case *c, const float *d)
 {
-    groupnorm_backward(c->t[0].grad, c->t[1].grad, c->t[2].grad, d, c->t[0].x, c->t[1].x, c->t[2].x, c->ip[0],
-                       c->ip[1], c->ip[2], c->ip[3], c->fp[0], c->ip[4]);
+    float *out = NULL;
+    if (c->ip[5]) {
+        out = malloc((size_t)c->n_out * sizeof(float));
+        gn_fwd(c, out);
+    }
+    groupnorm_backward(c->t[0].grad, c->t[1].grad, c->t[2].grad, d, c->t[0].x, out, c->t[1].x, c->t[2].x,
+                       c->ip[0], c->ip[1], c->ip[2], c->ip[3], c->fp[0], c->ip[4]);
+    free(out);
 }
 
-static void test_groupnorm(int B, int C, int HW, int groups, int silu)
+static void test_groupnorm(int B, int C, int HW, int groups, int silu, int with_out)
 {
     char name[96];
-    snprintf(name, sizeof name, "groupnorm B%d C%d HW%d groups %d%s", B, C, HW, groups, silu ? " silu" : "");
-    fd_case c = {
-        .name = name, .forward = gn_fwd, .backward = gn_bwd, .ip = {B, C, HW, groups, silu}, .fp = {1e-5f}};
+    snprintf(name, sizeof name, "groupnorm B%d C%d HW%d groups %d%s%s", B, C, HW, groups, silu ? " silu" : "",
+             with_out ? " (from output)" : "");
+    fd_case c = {.name = name,
+                 .forward = gn_fwd,
+                 .backward = gn_bwd,
+                 .ip = {B, C, HW, groups, silu, with_out},
+                 .fp = {1e-5f}};
     c.n_out = (int64_t)B * C * HW;
     add_tensor(&c, "x", c.n_out, 1.0f, 1);
     add_tensor(&c, "gamma", C, 1.0f, 1);
@@ -651,11 +662,13 @@ int main(void)
     test_conv(3, 5, 3, 5, 1, 1, 1, 0, 0, 0, 0, 0, 1, 0.5f);
     test_conv(2, 3, 3, 5, 5, 1, 1, 0, 0, 0, 0, 1, 1, 1.0f / 1.4f);
     test_conv_gemm_vs_naive();
-    test_groupnorm(2, 6, 15, 3, 0);
-    test_groupnorm(2, 6, 15, 3, 1);
-    test_groupnorm(1, 5, 15, 5, 1);
-    test_groupnorm(3, 3, 1, 1, 0);
-    test_groupnorm(2, 1, 15, 1, 1);
+    test_groupnorm(2, 6, 15, 3, 0, 0);
+    test_groupnorm(2, 6, 15, 3, 1, 0);
+    test_groupnorm(2, 6, 15, 3, 1, 1);
+    test_groupnorm(1, 5, 15, 5, 1, 1);
+    test_groupnorm(3, 3, 1, 1, 0, 1);
+    test_groupnorm(2, 1, 15, 1, 1, 0);
+    test_groupnorm(2, 1, 15, 1, 1, 1);
     test_attention(2, 4, 15, 1, 0);
     test_attention(2, 6, 7, 2, 0);
     test_attention(1, 3, 1, 1, 0);

@@ -34,10 +34,11 @@ void conv2d_backward(float *dinp, float *dw, float *db, float *dtemb, float *dre
 void conv2d_forward_gemm(float *out, const float *inp, const float *w, const float *b, const float *temb,
                          const float *res, float scale, int B, int Ci, int H, int W, int Co, int k,
                          int stride, int pt, int pl, int pb, int pr);
-/* GroupNorm (with the fused SiLU when silu): statistics recomputed from inp. */
+/* GroupNorm (with the fused SiLU when silu): statistics recomputed from inp; out is the forward's output
+ * (optional: with it the SiLU derivative needs no exp). */
 void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
-                        const float *gamma, const float *beta, int B, int C, int HW, int groups, float eps,
-                        int silu);
+                        const float *out, const float *gamma, const float *beta, int B, int C, int HW,
+                        int groups, float eps, int silu);
 /* attention_forward as two GEMMs per (batch item, head) with an HW x HW scratch per thread: the training
  * forward's attention. */
 void attention_forward_gemm(float *out, const float *q, const float *k, const float *v, int B, int C, int HW,

@@ -317,8 +317,8 @@ static void shard_backward(const cpu_trainer *tr, train_shard *sh, const float *
             break;
         }
         case OP_GROUPNORM:
-            groupnorm_backward(dx, dw, db, go, x, w, bias, B, a->c, a->h * a->w, n->ip[0], n->fp[0],
-                               n->ip[1]);
+            groupnorm_backward(dx, dw, db, go, x, sh->vals[n->out], w, bias, B, a->c, a->h * a->w, n->ip[0],
+                               n->fp[0], n->ip[1]);
             break;
         case OP_ATTENTION:
             attention_backward(dx, d1, d2, go, x, sh->vals[n->in[1]], sh->vals[n->in[2]], B, a->c,
