@@ -240,18 +240,35 @@ void conv2d_backward(float *dinp, float *dw, float *db, float *dtemb, float *dre
     }
     if ((!dw && !dinp) || K <= 0)
         return;
+    /* dinp of a stride-1 k > 1 conv is the convolution of G with the flipped, transposed kernel Wt
+     * (Ci, Co, k, k) and padding k - 1 - p: one GEMM with Co k k inner terms on the im2col of dout, then a
+     * plain add, instead of W^T G (only Co inner terms) and a k x k scatter (col2im). */
+    int flip = dinp && stride == 1 && k > 1;
+    int HWi = H * W, Kt = Co * k * k;
     int64_t per_image = (int64_t)(K > Co ? K : Co) * N;
+    if (flip && (int64_t)Kt * HWi > per_image)
+        per_image = (int64_t)Kt * HWi;
     int bc = (int)(CONV_BWD_CHUNK_FLOATS / per_image);
     bc = bc < 1 ? 1 : bc > B ? B : bc;
     float *col = malloc((size_t)per_image * bc * sizeof(float));
     float *G = malloc((size_t)Co * N * bc * sizeof(float));
-    if (!col || !G) {
+    float *Wt = flip ? malloc((size_t)Ci * Kt * sizeof(float)) : NULL;
+    float *Y = flip ? malloc((size_t)Ci * HWi * bc * sizeof(float)) : NULL;
+    if (!col || !G || (flip && (!Wt || !Y))) {
         free(col);
         free(G);
+        free(Wt);
+        free(Y);
         conv2d_backward_naive(dinp, dw, NULL, NULL, NULL, dout, inp, w, scale, B, Ci, H, W, Co, k, stride, pt,
                               pl, pb, pr);
         return;
     }
+    if (flip)
+        for (int ci = 0; ci < Ci; ci++)
+            for (int co = 0; co < Co; co++)
+                for (int t = 0; t < k * k; t++) /* Wt[ci][co][ky][kx] = W[co][ci][k-1-ky][k-1-kx] */
+                    Wt[((size_t)ci * Co + co) * k * k + t] =
+                        w[((size_t)co * Ci + ci) * k * k + (k * k - 1 - t)];
     for (int b0 = 0; b0 < B; b0 += bc) {
         int nb = B - b0 < bc ? B - b0 : bc;
         int L = nb * N;
@@ -269,13 +286,27 @@ void conv2d_backward(float *dinp, float *dw, float *db, float *dtemb, float *dre
             im2col(col, x, nb, Ci, H, W, Ho, Wo, k, stride, pt, pl);
             cpu_sgemm(0, 1, Co, K, L, 1.0f, G, L, col, L, 1.0f, dw, K); /* dW += G col^T */
         }
-        if (dinp) {
+        if (flip) {
+            int Li = nb * HWi;
+            im2col(col, dout + (size_t)b0 * Co * N, nb, Co, Ho, Wo, H, W, k, 1, k - 1 - pt, k - 1 - pl);
+            cpu_sgemm(0, 0, Ci, Li, Kt, scale, Wt, Kt, col, Li, 0.0f, Y, Li); /* dX = conv(dout, Wt) */
+#pragma omp parallel for collapse(2) if ((int64_t)Ci * Li > 65536)
+            for (int bi = 0; bi < nb; bi++)
+                for (int ci = 0; ci < Ci; ci++) {
+                    float *dx = dinp + ((size_t)(b0 + bi) * Ci + ci) * HWi;
+                    const float *y = Y + (size_t)ci * Li + (size_t)bi * HWi;
+                    for (int i = 0; i < HWi; i++)
+                        dx[i] += y[i];
+                }
+        } else if (dinp) {
             cpu_sgemm(1, 0, K, L, Co, 1.0f, w, K, G, L, 0.0f, col, L); /* dcol = W^T G */
             col2im_add(dinp + (size_t)b0 * Ci * H * W, col, nb, Ci, H, W, Ho, Wo, k, stride, pt, pl);
         }
     }
     free(col);
     free(G);
+    free(Wt);
+    free(Y);
 }
 
 /* The forward as explicit GEMMs on im2col chunks (the backward's layout): out = (W col + b + temb + res)
