@@ -111,7 +111,8 @@ stored as F16, config and schedule in the safetensors metadata (diffusers `UNet2
 
 **Status: training in progress.** The samples are recognisable garments of every class, still rough (see
 the Fréchet distance below: far from that of real images). The run resumes from its checkpoint
-(`/work/train-run/run/checkpoint.safetensors`, outside git) each session; this file and the weights are
+(`/work/train-run/run/checkpoint.safetensors`, outside git; the checkpoint of these weights is
+committed in `tools/train/fashion-mnist-run/` for a fresh machine) each session; this file and the weights are
 refreshed from it as it goes.
 
 ## Samples
