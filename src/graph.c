@@ -276,7 +276,10 @@ static int resnet(builder *b, const char *prefix, int x, int co, float output_sc
         if (res < 0)
             return -1;
     }
-    return conv(b, NAME("conv2"), h, co, 3, 1, 1, 1, 1, 1, -1, res, 1.0f / output_scale_factor);
+    int out = conv(b, NAME("conv2"), h, co, 3, 1, 1, 1, 1, 1, -1, res, 1.0f / output_scale_factor);
+    if (out >= 0)
+        b->g->nodes[b->g->n_nodes - 1].train_dropout = 1; /* dropout(SiLU(norm2(h))) in training */
+    return out;
 #undef NAME
 }
 

@@ -59,6 +59,10 @@ typedef struct ddpm_node {
     int w[2];  /* param ids: weight / gamma, bias / beta; -1 when unused */
     int ip[6]; /* integer parameters, see DDPM_OPS */
     float fp[2];
+    /* Training only: dropout applies to in0 before this node (ResnetBlock2D's conv2, as diffusers).
+     * A flag rather than an op so that inference walks one graph with no dropout nodes in it; the
+     * CPU trainer (cpu/train.c) honours it when asked for p > 0, every inference backend ignores it. */
+    int train_dropout;
     char name[DDPM_MAX_NAME]; /* module path, e.g. "down_blocks.0.resnets.1.conv1" */
     int64_t flops;            /* per batch item, multiply-add = 2 */
 } ddpm_node;

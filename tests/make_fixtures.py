@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.join(here, 'torch_ref'))
 
 import torch  # noqa: E402
 
-PARTS = ['ops', 'unet', 'sched', 'convert', 'torchfiles']
+PARTS = ['ops', 'unet', 'sched', 'convert', 'torchfiles', 'train_step']
 
 
 def main():

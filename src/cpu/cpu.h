@@ -19,6 +19,44 @@ void attention_forward(float *out, const float *q, const float *k, const float *
 void upsample_forward(float *out, const float *inp, int B, int C, int H, int W);
 void concat_forward(float *out, const float *a, const float *b, int B, int Ca, int Cb, int HW);
 
+/* ---- backward (training): llm.c style. Every gradient argument ACCUMULATES (+=); a NULL gradient is
+ * not wanted and not computed. Saved inputs are the forward's inputs; OpenMP splits work by the gradient
+ * written, so no atomics. Shapes as in the forward. */
+void linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w,
+                     int B, int K, int M);
+void silu_backward(float *dinp, const float *dout, const float *inp, int64_t n);
+/* out = (conv(inp, w) + b + temb + res) * scale: dtemb (B,Co) gets dout * scale summed over pixels,
+ * dres (B,Co,Ho,Wo) gets dout * scale. Convolution as GEMM: dW += G im2col^T, dinp += col2im(W^T G). */
+void conv2d_backward(float *dinp, float *dw, float *db, float *dtemb, float *dres, const float *dout,
+                     const float *inp, const float *w, float scale, int B, int Ci, int H, int W, int Co,
+                     int k, int stride, int pt, int pl, int pb, int pr);
+/* conv2d_forward computed as GEMMs on im2col chunks (cpu_sgemm): the training forward's convolution. */
+void conv2d_forward_gemm(float *out, const float *inp, const float *w, const float *b, const float *temb,
+                         const float *res, float scale, int B, int Ci, int H, int W, int Co, int k,
+                         int stride, int pt, int pl, int pb, int pr);
+/* GroupNorm (with the fused SiLU when silu): statistics recomputed from inp; out is the forward's output
+ * (optional: with it the SiLU derivative needs no exp). */
+void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
+                        const float *out, const float *gamma, const float *beta, int B, int C, int HW,
+                        int groups, float eps, int silu);
+/* attention_forward as two GEMMs per (batch item, head) with an HW x HW scratch per thread: the training
+ * forward's attention. */
+void attention_forward_gemm(float *out, const float *q, const float *k, const float *v, int B, int C, int HW,
+                            int heads);
+/* Softmax rows recomputed per (batch item, head); HW x HW scratch per call. */
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                        const float *v, int B, int C, int HW, int heads);
+void upsample_backward(float *dinp, const float *dout, int B, int C, int H, int W);
+void concat_backward(float *da, float *db, const float *dout, int B, int Ca, int Cb, int HW);
+
+/* C (M,N) = alpha op(A) op(B) + beta C, row-major; op(A) is (M,K) (A is (K,M) when transa), op(B) is
+ * (K,N) (B is (N,K) when transb). OpenBLAS's cblas when built with it, else a blocked C loop; threads
+ * inside (OpenBLAS's or OpenMP): call it from serial code. */
+void cpu_sgemm(int transa, int transb, int M, int N, int K, float alpha, const float *A, int lda,
+               const float *B, int ldb, float beta, float *C, int ldc);
+/* "cblas" or "portable": what cpu_sgemm runs on. */
+const char *cpu_sgemm_backend(void);
+
 /* Runs one node: vals[id] are the value buffers (B * numel each), weights[pid] the params. */
 void cpu_node_forward(const ddpm_graph *g, const ddpm_node *n, float *const *vals,
                       const float *const *weights, int B);

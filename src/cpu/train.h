@@ -8,7 +8,10 @@
 typedef struct cpu_trainer cpu_trainer;
 
 /* Plans a training forward/backward of graph g at batch B with dropout probability p in [0, 1)
- * (diffusers' ResnetBlock2D dropout between SiLU(norm2) and conv2; 0 disables it). */
+ * (diffusers' ResnetBlock2D dropout between SiLU(norm2) and conv2; 0 disables it). The batch is split
+ * into min(B, omp_get_max_threads()) shards run in parallel (see train.c): results depend on the thread
+ * count at creation only through rounding, and are otherwise reproducible run to run. Dropout masks are
+ * keyed by (seed, image index in the batch, node), whatever the sharding. g must outlive the trainer. */
 ddpm_result cpu_train_create(const ddpm_graph *g, int B, float dropout, cpu_trainer **out);
 void cpu_train_free(cpu_trainer *tr);
 
