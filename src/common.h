@@ -30,6 +30,13 @@ int ddpm_mul_ok(int64_t a, int64_t b, int64_t *out);
 /* calloc that records DDPM_ERR_NOMEM with a message on failure (returns NULL). */
 void *ddpm_calloc(size_t n, size_t size);
 
+/* The largest weight file read into memory (16 GiB; the address space on 32-bit hosts). */
+#if SIZE_MAX > 0xffffffffu
+#define DDPM_MAX_WEIGHT_FILE ((size_t)16 << 30)
+#else
+#define DDPM_MAX_WEIGHT_FILE SIZE_MAX
+#endif
+
 /* Reads a whole file; *data is malloc'ed (caller frees). Refuses files larger than max_bytes. */
 ddpm_result ddpm_read_file(const char *path, size_t max_bytes, uint8_t **data, size_t *size);
 

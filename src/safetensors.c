@@ -808,15 +808,10 @@ ddpm_result st_open(const char *path, st_file *f)
 {
     uint8_t *buf;
     size_t size;
-#if SIZE_MAX > 0xffffffffu
-    size_t max = (size_t)16 << 30;
-#else
-    size_t max = SIZE_MAX;
-#endif
     memset(f, 0, sizeof *f);
     if (!path)
         return ddpm_fail(DDPM_ERR_ARG, "st_open: no path");
-    ddpm_result r = ddpm_read_file(path, max, &buf, &size);
+    ddpm_result r = ddpm_read_file(path, DDPM_MAX_WEIGHT_FILE, &buf, &size);
     if (r != DDPM_OK)
         return r;
     return st_parse(buf, size, path, f);
