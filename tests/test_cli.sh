@@ -10,23 +10,8 @@ FIX=${DDPM_FIXTURES:?DDPM_FIXTURES must name tests/fixtures}
 PY=/usr/bin/python3
 MODEL=$FIX/unet_a.safetensors # 3 x 16 x 16 images, random weights
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/ddpm-cli.XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT
-trap 'exit 130' INT TERM
-
-failed=0
-checks=0
-pass() {
-    checks=$((checks + 1))
-    echo "ok - $*"
-}
-fail() {
-    checks=$((checks + 1))
-    failed=$((failed + 1))
-    echo "not ok - $*"
-}
-# show FILE: a file's content on one line (for messages)
-show() { tr '\n' '|' <"$1" | cut -c1-300; }
+suite=cli
+. "$(dirname "$0")/checks.sh"
 
 # ---- good runs ---------------------------------------------------------------------------------
 
@@ -426,5 +411,4 @@ expect_bad 1 "--init: shape not matching (n, C, H, W)" sample --model "$MODEL" $
 expect_bad 1 "--init: float64 npy" sample --model "$MODEL" $cpu -n 2 --init "$tmp/f64.npy" $out
 expect_bad 1 "--init: NaN inside" sample --model "$MODEL" $cpu -n 2 --init "$tmp/nan.npy" $out
 
-echo "# $checks checks, $failed failed"
-[ "$failed" -eq 0 ]
+checks_done

@@ -11,22 +11,8 @@ C=$FIX/convert
 CIFAR_CFG=$C/cifar_pipeline/unet/config.json
 CELEBA_CFG=$C/celeba_pipeline/unet/config.json
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/ddpm-convert.XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT
-trap 'exit 130' INT TERM
-
-failed=0
-checks=0
-pass() {
-    checks=$((checks + 1))
-    echo "ok - $*"
-}
-fail() {
-    checks=$((checks + 1))
-    failed=$((failed + 1))
-    echo "not ok - $*"
-}
-show() { tr '\n' '|' <"$1" | cut -c1-400; }
+suite=convert
+. "$(dirname "$0")/checks.sh"
 
 # run NAME PROGRAM ARGS...: output in $tmp/NAME.out / .err, status in $rc
 run() {
@@ -190,5 +176,4 @@ if [ ! -e ddpm_pwned.txt ] && [ ! -e "$tmp/ddpm_pwned.txt" ]; then pass "the evi
     fail "the evil pickle ran os.system"
 fi
 
-echo "convert cli: $checks checks, $failed failed"
-[ "$failed" -eq 0 ]
+checks_done

@@ -10,22 +10,8 @@ VK=${2:?usage: test_train_cli.sh path/to/ddpm-train path/to/ddpm-vk}
 PY=/usr/bin/python3
 export OMP_NUM_THREADS=2
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/ddpm-train.XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT
-trap 'exit 130' INT TERM
-
-failed=0
-checks=0
-pass() {
-    checks=$((checks + 1))
-    echo "ok - $*"
-}
-fail() {
-    checks=$((checks + 1))
-    failed=$((failed + 1))
-    echo "not ok - $*"
-}
-show() { tr '\n' '|' <"$1" | cut -c1-400; }
+suite=train
+. "$(dirname "$0")/checks.sh"
 
 # ---- tiny data: IDX (raw, gzip, hostile) and PNG folders, written with the python stdlib ----------------
 $PY - "$tmp" <<'EOF' || exit 1
@@ -190,5 +176,4 @@ bad attn-count "--attn has 1 entries for 2 levels" --data "$tmp/img.idx.gz" --ou
 bad bad-number "--lr: 'x' is not a number" --data "$tmp/img.idx.gz" --out "$tmp/none" --steps 8 $tiny --lr x
 bad unknown-option "unknown option '--bogus'" --data "$tmp/img.idx.gz" --out "$tmp/none" --bogus 1 $tiny
 
-echo "$((checks - failed)) passed, $failed failed"
-[ $failed -eq 0 ]
+checks_done
