@@ -542,49 +542,69 @@ static ddpm_result bind(view *v, texts *t, const char *what, ddpm_model **out)
     return model_from_st(&v->f, what, out);
 }
 
+/* The opened input of convert_load and convert_inspect: where it is, its tensors (with the chosen
+ * PyTorch sub-dict), its config and scheduler texts and the parsed config. */
+typedef struct input {
+    sources src;
+    st_file f;
+    int opened, is_torch;
+    char picked[256]; /* the PyTorch sub-dict read, "" for all */
+    texts t;
+    ddpm_unet_config c;
+} input;
+
+static ddpm_result input_open(const char *in, const convert_opts *o, input *inp)
+{
+    ddpm_result res = DDPM_OK;
+    TRY(locate(in, o, &inp->src));
+    TRY(open_weights(inp->src.weights, &inp->f, &inp->is_torch));
+    inp->opened = 1;
+    if (inp->is_torch)
+        TRY(select_state_dict(&inp->f, o ? o->select : NULL, inp->src.weights, inp->picked,
+                              sizeof inp->picked));
+    else if (o && o->select)
+        return ddpm_fail(DDPM_ERR_ARG, "%s: --select applies to PyTorch checkpoints only", inp->src.weights);
+    TRY(read_texts(&inp->src, &inp->f, &inp->t, &inp->c));
+cleanup:
+    return res;
+}
+
+static void input_close(input *inp)
+{
+    texts_free(&inp->t);
+    if (inp->opened)
+        st_close(&inp->f);
+}
+
 ddpm_result convert_load(const char *in, const convert_opts *o, ddpm_model **out, convert_report *report)
 {
     ddpm_result res = DDPM_OK;
-    sources src;
-    st_file f;
-    texts t = {0};
+    input inp = {0};
     view v = {0};
-    int is_torch = 0, opened = 0;
-    char picked[256] = "";
-    ddpm_unet_config c;
     *out = NULL;
-    TRY(locate(in, o, &src));
-    TRY(open_weights(src.weights, &f, &is_torch));
-    opened = 1;
-    if (is_torch)
-        TRY(select_state_dict(&f, o ? o->select : NULL, src.weights, picked, sizeof picked));
-    else if (o && o->select) {
-        res = ddpm_fail(DDPM_ERR_ARG, "%s: --select applies to PyTorch checkpoints only", src.weights);
-        goto cleanup;
-    }
-    TRY(read_texts(&src, &f, &t, &c));
-    if (!t.config) {
+    TRY(input_open(in, o, &inp));
+    if (!inp.t.config) {
         res = ddpm_fail(DDPM_ERR_ARG,
                         "%s: no config: give --config config.json (the diffusers UNet2DModel config; for the "
                         "original DDPM CIFAR-10 port, google/ddpm-cifar10-32's)",
-                        src.weights);
+                        inp.src.weights);
         goto cleanup;
     }
-    TRY(view_build(&f, c.levels, src.weights, &v));
-    if (v.n_original && v.port_levels != c.levels) {
+    TRY(view_build(&inp.f, inp.c.levels, inp.src.weights, &v));
+    if (v.n_original && v.port_levels != inp.c.levels) {
         res = ddpm_fail(DDPM_ERR_MODEL,
                         "%s: the weights have %d levels (down.0 .. down.%d) but the config %s has %d "
                         "(block_out_channels)",
-                        src.weights, v.port_levels, v.port_levels - 1, t.config_from, c.levels);
+                        inp.src.weights, v.port_levels, v.port_levels - 1, inp.t.config_from, inp.c.levels);
         goto cleanup;
     }
-    TRY(bind(&v, &t, src.weights, out));
+    TRY(bind(&v, &inp.t, inp.src.weights, out));
     /* a NaN or an infinity would turn every sample into NaN: name the tensor instead */
     for (int i = 0; i < (*out)->graph.n_params; i++) {
         const float *w = (*out)->weights[i];
         for (int64_t k = 0; k < (*out)->graph.params[i].numel; k++)
             if (!isfinite(w[k])) {
-                res = ddpm_fail(DDPM_ERR_MODEL, "%s: %s holds %s at element %lld", src.weights,
+                res = ddpm_fail(DDPM_ERR_MODEL, "%s: %s holds %s at element %lld", inp.src.weights,
                                 (*out)->graph.params[i].name, isnan(w[k]) ? "NaN" : "an infinity",
                                 (long long)k);
                 ddpm_model_free(*out);
@@ -594,22 +614,20 @@ ddpm_result convert_load(const char *in, const convert_opts *o, ddpm_model **out
     }
     if (report) {
         memset(report, 0, sizeof *report);
-        snprintf(report->weights, sizeof report->weights, "%s", src.weights);
-        snprintf(report->config, sizeof report->config, "%s", t.config_from);
-        snprintf(report->scheduler, sizeof report->scheduler, "%s", t.scheduler_from);
+        snprintf(report->weights, sizeof report->weights, "%s", inp.src.weights);
+        snprintf(report->config, sizeof report->config, "%s", inp.t.config_from);
+        snprintf(report->scheduler, sizeof report->scheduler, "%s", inp.t.scheduler_from);
         report->naming = naming_of(&v);
-        snprintf(report->state_dict, sizeof report->state_dict, "%s", picked);
-        report->n_tensors = f.n_tensors;
+        snprintf(report->state_dict, sizeof report->state_dict, "%s", inp.picked);
+        report->n_tensors = inp.f.n_tensors;
         report->n_renamed = v.n_renamed;
-        for (int i = 0; i < f.n_tensors; i++)
-            if ((unsigned)f.tensors[i].dtype < 3)
-                report->dtypes[f.tensors[i].dtype]++;
+        for (int i = 0; i < inp.f.n_tensors; i++)
+            if ((unsigned)inp.f.tensors[i].dtype < 3)
+                report->dtypes[inp.f.tensors[i].dtype]++;
     }
 cleanup:
     view_free(&v);
-    texts_free(&t);
-    if (opened)
-        st_close(&f);
+    input_close(&inp);
     return res;
 }
 
@@ -692,45 +710,32 @@ static void print_schedule(FILE *out, const char *json)
 ddpm_result convert_inspect(const char *in, const convert_opts *o, FILE *out)
 {
     ddpm_result res = DDPM_OK;
-    sources src;
-    st_file f;
-    texts t = {0};
+    input inp = {0};
     view v = {0};
-    int is_torch = 0, opened = 0;
-    char picked[256] = "";
-    ddpm_unet_config c;
-    TRY(locate(in, o, &src));
-    TRY(open_weights(src.weights, &f, &is_torch));
-    opened = 1;
-    if (is_torch)
-        TRY(select_state_dict(&f, o ? o->select : NULL, src.weights, picked, sizeof picked));
-    else if (o && o->select) {
-        res = ddpm_fail(DDPM_ERR_ARG, "%s: --select applies to PyTorch checkpoints only", src.weights);
-        goto cleanup;
-    }
-    TRY(read_texts(&src, &f, &t, &c));
-    TRY(view_build(&f, t.config ? c.levels : 0, src.weights, &v));
+    TRY(input_open(in, o, &inp));
+    TRY(view_build(&inp.f, inp.t.config ? inp.c.levels : 0, inp.src.weights, &v));
 
-    fprintf(out, "file:       %s (%s, %zu bytes)\n", src.weights,
-            is_torch ? "PyTorch zip + pickle" : "safetensors", f.size);
-    if (st_meta_get(&f, DDPM_META_CONFIG))
+    fprintf(out, "file:       %s (%s, %zu bytes)\n", inp.src.weights,
+            inp.is_torch ? "PyTorch zip + pickle" : "safetensors", inp.f.size);
+    if (st_meta_get(&inp.f, DDPM_META_CONFIG))
         fprintf(out, "format:     ddpm-vk native (config in __metadata__)\n");
-    if (st_meta_get(&f, "torch.skipped"))
-        fprintf(out, "skipped:    %.400s (not floating-point tensors)\n", st_meta_get(&f, "torch.skipped"));
-    if (picked[0])
-        fprintf(out, "state dict: the tensors under \"%s\"\n", picked);
-    fprintf(out, "naming:     %s; %d of %d keys renamed\n", naming_of(&v), v.n_renamed, f.n_tensors);
-    if (t.config) {
-        fprintf(out, "config:     %s\n", t.config_from);
-        print_config(out, &c);
+    if (st_meta_get(&inp.f, "torch.skipped"))
+        fprintf(out, "skipped:    %.400s (not floating-point tensors)\n",
+                st_meta_get(&inp.f, "torch.skipped"));
+    if (inp.picked[0])
+        fprintf(out, "state dict: the tensors under \"%s\"\n", inp.picked);
+    fprintf(out, "naming:     %s; %d of %d keys renamed\n", naming_of(&v), v.n_renamed, inp.f.n_tensors);
+    if (inp.t.config) {
+        fprintf(out, "config:     %s\n", inp.t.config_from);
+        print_config(out, &inp.c);
     } else {
         fprintf(out, "config:     none (convert with --config config.json)\n");
     }
-    fprintf(out, "schedule:   %s\n", t.scheduler_from);
-    print_schedule(out, t.scheduler);
+    fprintf(out, "schedule:   %s\n", inp.t.scheduler_from);
+    print_schedule(out, inp.t.scheduler);
 
     /* the table in stored-name order; the checksum covers the stored bytes in that order */
-    int n = f.n_tensors;
+    int n = inp.f.n_tensors;
     int *order = ddpm_calloc((size_t)(n > 0 ? n : 1), sizeof *order);
     if (!order) {
         res = DDPM_ERR_NOMEM;
@@ -768,9 +773,9 @@ ddpm_result convert_inspect(const char *in, const convert_opts *o, FILE *out)
     fprintf(out, "params:     %lld\n", (long long)params);
     fprintf(out, "checksum:   %016llx (FNV-1a 64 of the stored tensor bytes, in stored-name order)\n",
             (unsigned long long)h);
-    if (t.config) {
+    if (inp.t.config) {
         ddpm_model *m = NULL;
-        if (bind(&v, &t, src.weights, &m) == DDPM_OK)
+        if (bind(&v, &inp.t, inp.src.weights, &m) == DDPM_OK)
             fprintf(out,
                     "check:      ok: every tensor binds to the config's graph (%d tensors, %lld params)\n",
                     m->graph.n_params, (long long)m->graph.n_weights);
@@ -780,8 +785,6 @@ ddpm_result convert_inspect(const char *in, const convert_opts *o, FILE *out)
     }
 cleanup:
     view_free(&v);
-    texts_free(&t);
-    if (opened)
-        st_close(&f);
+    input_close(&inp);
     return res;
 }
