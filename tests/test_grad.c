@@ -251,9 +251,22 @@ static void test_conv(int B, int Ci, int H, int W, int Co, int k, int stride, in
     fd_free(&c);
 }
 
-/* The GEMM path (several image chunks, OpenBLAS or not) against the naive loop on a larger conv. */
+/* DDPM_CPU_SIMD as the user ran the test: tests that pick a kernel set it back afterwards. */
+static char *user_simd;
+
+static void simd_restore(void)
+{
+    if (user_simd)
+        setenv("DDPM_CPU_SIMD", user_simd, 1);
+    else
+        unsetenv("DDPM_CPU_SIMD");
+}
+
+/* The im2col + GEMM path (several image chunks, OpenBLAS or not; DDPM_CPU_SIMD=generic keeps the direct
+ * kernels out) against the naive loop on a larger conv. */
 static void test_conv_gemm_vs_naive(void)
 {
+    setenv("DDPM_CPU_SIMD", "generic", 1);
     int B = 9, Ci = 64, H = 24, W = 23, Co = 11, k = 3;
     int64_t nx = (int64_t)B * Ci * H * W, nw = (int64_t)Co * Ci * k * k, no = (int64_t)B * Co * H * W;
     float *x = randn(nx, 1.0f), *w = randn(nw, 0.1f), *d = randn(no, 1.0f);
@@ -279,6 +292,7 @@ static void test_conv_gemm_vs_naive(void)
     CHECK(test_close("conv gemm vs naive: dw", dw[0], dw[1], nw, 1e-3f, 1e-4f), "conv dw");
     CHECK(test_close("conv gemm vs naive: db", db[0], db[1], Co, 1e-3f, 1e-4f), "conv db");
     CHECK(test_close("conv gemm vs naive: dtemb", dt[0], dt[1], B * Co, 1e-3f, 1e-4f), "conv dtemb");
+    simd_restore();
     for (int i = 0; i < 2; i++) {
         free(dx[i]);
         free(dw[i]);
@@ -288,6 +302,56 @@ static void test_conv_gemm_vs_naive(void)
     free(x);
     free(w);
     free(d);
+}
+
+/* The stride-1 direct kernels (conv_direct.c) under each instruction set against the packed forward and the
+ * naive backward, on shapes that leave every block partial: channels not multiples of the 8/6-channel
+ * forward or 3-channel weight-gradient blocks, K = Ci k k not a multiple of the 9 input streams, grids that
+ * end mid-vector, asymmetric and zero padding, 1x1 images, padding up to k - 1. */
+static void test_conv_direct_case(const char *simd, int B, int Ci, int H, int W, int Co, int k, int pt,
+                                  int pl, int pb, int pr)
+{
+    int Ho = H + pt + pb - k + 1, Wo = W + pl + pr - k + 1;
+    int64_t nx = (int64_t)B * Ci * H * W, nw = (int64_t)Co * Ci * k * k, no = (int64_t)B * Co * Ho * Wo;
+    float *x = randn(nx, 1.0f), *w = randn(nw, 0.3f), *d = randn(no, 1.0f), *bias = randn(Co, 1.0f);
+    float *temb = randn((int64_t)B * Co, 1.0f), *res = randn(no, 1.0f);
+    float *o[2] = {filled(no, 9.0f), filled(no, 9.0f)};
+    float *dx[2] = {filled(nx, PREFILL), filled(nx, PREFILL)},
+          *dw[2] = {filled(nw, PREFILL), filled(nw, PREFILL)};
+    char name[160];
+    snprintf(name, sizeof name, "conv direct %s B%d Ci%d %dx%d Co%d k%d pad%d%d%d%d", simd, B, Ci, H, W, Co,
+             k, pt, pl, pb, pr);
+    setenv("DDPM_CPU_SIMD", simd, 1);
+    conv2d_forward_gemm(o[0], x, w, bias, temb, res, 0.7f, B, Ci, H, W, Co, k, 1, pt, pl, pb, pr);
+    conv2d_backward(dx[0], dw[0], NULL, NULL, NULL, d, x, w, 0.7f, B, Ci, H, W, Co, k, 1, pt, pl, pb, pr);
+    simd_restore();
+    conv2d_forward(o[1], x, w, bias, temb, res, 0.7f, B, Ci, H, W, Co, k, 1, pt, pl, pb, pr);
+    conv2d_backward_naive(dx[1], dw[1], NULL, NULL, NULL, d, x, w, 0.7f, B, Ci, H, W, Co, k, 1, pt, pl, pb,
+                          pr);
+    char what[200];
+    snprintf(what, sizeof what, "%s: out", name);
+    CHECK(test_close(what, o[0], o[1], no, 1e-5f, 1e-5f), "conv direct out");
+    snprintf(what, sizeof what, "%s: dx", name);
+    CHECK(test_close(what, dx[0], dx[1], nx, 1e-5f, 1e-5f), "conv direct dx");
+    snprintf(what, sizeof what, "%s: dw", name);
+    CHECK(test_close(what, dw[0], dw[1], nw, 1e-4f, 1e-5f), "conv direct dw");
+    float *all[] = {x, w, d, bias, temb, res, o[0], o[1], dx[0], dx[1], dw[0], dw[1]};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        free(all[i]);
+}
+
+static void test_conv_direct(void)
+{
+    static const char *const simd[] = {"avx2", "native"};
+    for (int s = 0; s < 2; s++) {
+        test_conv_direct_case(simd[s], 3, 5, 7, 9, 13, 3, 1, 1, 1, 1);
+        test_conv_direct_case(simd[s], 2, 13, 5, 3, 7, 1, 0, 0, 0, 0);
+        test_conv_direct_case(simd[s], 1, 3, 1, 1, 17, 3, 1, 1, 1, 1);
+        test_conv_direct_case(simd[s], 2, 1, 11, 6, 1, 3, 0, 2, 1, 0);
+        test_conv_direct_case(simd[s], 1, 2, 6, 5, 4, 5, 2, 1, 0, 3);
+        test_conv_direct_case(simd[s], 2, 4, 28, 28, 9, 3, 1, 1, 1, 1);
+        test_conv_direct_case(simd[s], 5, 17, 7, 7, 10, 3, 1, 1, 1, 1);
+    }
 }
 
 /* groupnorm: ip = B C HW groups silu; fp0 eps. Tensors x, gamma, beta. */
@@ -648,6 +712,8 @@ static void test_bad_args(void)
 
 int main(void)
 {
+    if (getenv("DDPM_CPU_SIMD"))
+        user_simd = strdup(getenv("DDPM_CPU_SIMD"));
     test_sgemm();
     test_linear(3, 5, 3);
     test_linear(1, 1, 1);
@@ -662,6 +728,7 @@ int main(void)
     test_conv(3, 5, 3, 5, 1, 1, 1, 0, 0, 0, 0, 0, 1, 0.5f);
     test_conv(2, 3, 3, 5, 5, 1, 1, 0, 0, 0, 0, 1, 1, 1.0f / 1.4f);
     test_conv_gemm_vs_naive();
+    test_conv_direct();
     test_groupnorm(2, 6, 15, 3, 0, 0);
     test_groupnorm(2, 6, 15, 3, 1, 0);
     test_groupnorm(2, 6, 15, 3, 1, 1);
@@ -683,5 +750,6 @@ int main(void)
     test_bad_args();
     test_unet_grads("unet_a.safetensors", 0.0f, 3);
     test_unet_grads("unet_c.safetensors", 0.3f, 3);
+    free(user_simd);
     return test_summary("grad");
 }

@@ -34,6 +34,16 @@ void conv2d_backward(float *dinp, float *dw, float *db, float *dtemb, float *dre
 void conv2d_forward_gemm(float *out, const float *inp, const float *w, const float *b, const float *temb,
                          const float *res, float scale, int B, int Ci, int H, int W, int Co, int k,
                          int stride, int pt, int pl, int pb, int pr);
+/* Stride-1 convolution without im2col (conv_direct.c), on AVX-512 or AVX2+FMA kernels picked at run time.
+ * conv2d_direct_forward is conv2d_forward at stride 1; conv2d_direct_backward adds conv2d_backward's dinp
+ * and dw (either may be NULL). Both return 0 when they did nothing (no such CPU, shape, or memory) and the
+ * caller takes the im2col path; conv2d_direct_backward returns -1 when it added dw but not dinp. */
+int conv2d_direct_forward(float *out, const float *inp, const float *w, const float *b, const float *temb,
+                          const float *res, float scale, int B, int Ci, int H, int W, int Co, int k, int pt,
+                          int pl, int pb, int pr);
+int conv2d_direct_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                           float scale, int B, int Ci, int H, int W, int Co, int k, int pt, int pl, int pb,
+                           int pr);
 /* GroupNorm (with the fused SiLU when silu): statistics recomputed from inp; out is the forward's output
  * (optional: with it the SiLU derivative needs no exp). */
 void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,

@@ -240,6 +240,13 @@ void conv2d_backward(float *dinp, float *dw, float *db, float *dtemb, float *dre
     }
     if ((!dw && !dinp) || K <= 0)
         return;
+    if (stride == 1) {
+        int done = conv2d_direct_backward(dinp, dw, dout, inp, w, scale, B, Ci, H, W, Co, k, pt, pl, pb, pr);
+        if (done == 1)
+            return;
+        if (done == -1) /* dw is in: the im2col path below adds dinp only */
+            dw = NULL;
+    }
     /* dinp of a stride-1 k > 1 conv is the convolution of G with the flipped, transposed kernel Wt
      * (Ci, Co, k, k) and padding k - 1 - p: one GEMM with Co k k inner terms on the im2col of dout, then a
      * plain add, instead of W^T G (only Co inner terms) and a k x k scatter (col2im). */
@@ -318,6 +325,9 @@ void conv2d_forward_gemm(float *out, const float *inp, const float *w, const flo
 {
     int Ho = (H + pt + pb - k) / stride + 1, Wo = (W + pl + pr - k) / stride + 1;
     if (Ho <= 0 || Wo <= 0 || B <= 0 || Co <= 0)
+        return;
+    if (stride == 1 &&
+        conv2d_direct_forward(out, inp, w, b, temb, res, scale, B, Ci, H, W, Co, k, pt, pl, pb, pr))
         return;
     int N = Ho * Wo, K = Ci * k * k;
     int64_t per_image = (int64_t)(K > Co ? K : Co) * N;
