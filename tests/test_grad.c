@@ -351,6 +351,7 @@ static void test_conv_direct(void)
         test_conv_direct_case(simd[s], 1, 2, 6, 5, 4, 5, 2, 1, 0, 3);
         test_conv_direct_case(simd[s], 2, 4, 28, 28, 9, 3, 1, 1, 1, 1);
         test_conv_direct_case(simd[s], 5, 17, 7, 7, 10, 3, 1, 1, 1, 1);
+        test_conv_direct_case(simd[s], 2, 3, 4, 5, 2, 1, 1, 2, 0, 1); /* padding past k - 1 */
     }
 }
 

@@ -10,10 +10,10 @@
 #define DK_CAT2(a, b) a##b
 #define DK_CAT(a, b) DK_CAT2(a, b)
 
-/* tmp[r][p * VL + l] = sum over ci < cin, t < taps of wp[(ci * taps + t) * FR + r] * xp[ci * cs + offs[t] +
- * p * VL + l]: FR output channels of FP * VL consecutive grid pixels. */
+/* y[r * ys + p * VL + l] = sum over ci < cin, t < taps of wp[(ci * taps + t) * FR + r] * xp[ci * cs + offs[t]
+ * + p * VL + l]: FR output channels of FP * VL consecutive grid pixels. */
 DK_ATTR static void DK_CAT(dconv_fwd_, DK_SUFFIX)(const float *xp, size_t cs, int cin, const int *offs,
-                                                  int taps, const float *wp, float *tmp)
+                                                  int taps, const float *wp, float *y, size_t ys)
 {
     DK_V acc[DK_FR][DK_FP];
 #pragma GCC unroll 32
@@ -42,7 +42,7 @@ DK_ATTR static void DK_CAT(dconv_fwd_, DK_SUFFIX)(const float *xp, size_t cs, in
     for (int r = 0; r < DK_FR; r++)
 #pragma GCC unroll 8
         for (int p = 0; p < DK_FP; p++)
-            DK_STORE(tmp + (size_t)(r * DK_FP + p) * DK_VL, acc[r][p]);
+            DK_STORE(y + (size_t)r * ys + (size_t)p * DK_VL, acc[r][p]);
 }
 
 /* sums[r * WM + m] = sum over images i < nimg and floats j < nv * VL of g[r][i * gstride + j] *
