@@ -178,17 +178,15 @@ static dconv_geom dconv_geometry(int C, int H, int W, int k, int pt, int pl, int
 /* dst (C, cs) = x (C, H, W) zero-padded; channels c0 .. c1 - 1. */
 static void dconv_pad(float *dst, const float *x, const dconv_geom *g, int c0, int c1)
 {
+    /* one memset per channel and plain row copies: the rows are short and per-row calls cost more than
+     * the copies */
     for (int c = c0; c < c1; c++) {
-        float *d = dst + (size_t)c * g->cs;
+        float *d = dst + (size_t)c * g->cs + (size_t)g->pt * g->Wp + (size_t)g->Z;
         const float *s = x + (size_t)c * g->H * g->W;
-        memset(d, 0, (size_t)g->pt * g->Wp * sizeof(float));
-        for (int y = 0; y < g->H; y++) {
-            float *row = d + (size_t)(g->pt + y) * g->Wp;
-            memset(row, 0, (size_t)g->Z * sizeof(float));
-            memcpy(row + g->Z, s + (size_t)y * g->W, (size_t)g->W * sizeof(float));
-        }
-        size_t used = (size_t)(g->pt + g->H) * g->Wp;
-        memset(d + used, 0, (g->cs - used) * sizeof(float));
+        memset(dst + (size_t)c * g->cs, 0, g->cs * sizeof(float));
+        for (int y = 0; y < g->H; y++)
+            for (int i = 0; i < g->W; i++)
+                d[(size_t)y * g->Wp + i] = s[(size_t)y * g->W + i];
     }
 }
 
@@ -322,9 +320,16 @@ static int dconv_dweight(const dconv_isa *isa, float *dw, const float *dout, con
             for (int o = 0; o < Co; o++) {
                 float *d = gp + (size_t)bi * gstride + (size_t)o * g.qp;
                 const float *s = dout + ((size_t)(b0 + bi) * Co + o) * HWo;
-                memset(d, 0, (size_t)g.qp * sizeof(float));
-                for (int oy = 0; oy < g.Ho; oy++)
-                    memcpy(d + (size_t)oy * g.Wp, s + (size_t)oy * g.Wo, (size_t)g.Wo * sizeof(float));
+                for (int oy = 0; oy < g.Ho; oy++) {
+                    float *dr = d + (size_t)oy * g.Wp;
+                    const float *sr = s + (size_t)oy * g.Wo;
+                    for (int ox = 0; ox < g.Wo; ox++)
+                        dr[ox] = sr[ox];
+                    for (int ox = g.Wo; ox < g.Wp; ox++)
+                        dr[ox] = 0.0f;
+                }
+                for (size_t q = (size_t)g.nq; q < (size_t)g.qp; q++)
+                    d[q] = 0.0f;
             }
         }
 #pragma omp parallel for schedule(dynamic) if (!serial)

@@ -197,6 +197,22 @@ static void col2im_add(float *dx, const float *col, int nb, int Ci, int H, int W
     }
 }
 
+/* The sum of g[0 .. n-1]: 16 float lanes (they vectorize) added up in double. */
+static double plane_sum(const float *g, int n)
+{
+    float lane[16] = {0};
+    int p = 0;
+    for (; p + 16 <= n; p += 16)
+        for (int j = 0; j < 16; j++)
+            lane[j] += g[p + j];
+    double s = 0.0;
+    for (int j = 0; j < 16; j++)
+        s += lane[j];
+    for (; p < n; p++)
+        s += g[p];
+    return s;
+}
+
 /* Images per GEMM: the im2col chunk (K x nb*N floats) stays within this many floats (16 MiB). */
 #define CONV_BWD_CHUNK_FLOATS ((int64_t)4 << 20)
 
@@ -215,23 +231,15 @@ void conv2d_backward(float *dinp, float *dw, float *db, float *dtemb, float *dre
 #pragma omp parallel for if (total > 65536)
         for (int co = 0; co < Co; co++) {
             double s = 0.0;
-            for (int bi = 0; bi < B; bi++) {
-                const float *g = dout + ((size_t)bi * Co + co) * N;
-                for (int p = 0; p < N; p++)
-                    s += g[p];
-            }
+            for (int bi = 0; bi < B; bi++)
+                s += plane_sum(dout + ((size_t)bi * Co + co) * N, N);
             db[co] += (float)s * scale;
         }
     }
     if (dtemb) {
 #pragma omp parallel for if (total > 65536)
-        for (int64_t bc = 0; bc < (int64_t)B * Co; bc++) {
-            const float *g = dout + (size_t)bc * N;
-            double s = 0.0;
-            for (int p = 0; p < N; p++)
-                s += g[p];
-            dtemb[bc] += (float)s * scale;
-        }
+        for (int64_t bc = 0; bc < (int64_t)B * Co; bc++)
+            dtemb[bc] += (float)plane_sum(dout + (size_t)bc * N, N) * scale;
     }
     if (dres) {
 #pragma omp parallel for if (total > 65536)
