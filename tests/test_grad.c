@@ -305,9 +305,10 @@ static void test_conv_gemm_vs_naive(void)
 }
 
 /* The stride-1 direct kernels (conv_direct.c) under each instruction set against the packed forward and the
- * naive backward, on shapes that leave every block partial: channels not multiples of the 8/6-channel
- * forward or 3-channel weight-gradient blocks, K = Ci k k not a multiple of the 9 input streams, grids that
- * end mid-vector, asymmetric and zero padding, 1x1 images, padding up to k - 1. */
+ * naive backward (with DDPM_CPU_SIMD=generic), on shapes that leave every block partial: channels not
+ * multiples of the 8/6-channel forward or 3-channel weight-gradient blocks, K = Ci k k not a multiple of the
+ * 9 input streams, grids that end mid-vector, asymmetric and zero padding, 1x1 images, padding up to k - 1.
+ */
 static void test_conv_direct_case(const char *simd, int B, int Ci, int H, int W, int Co, int k, int pt,
                                   int pl, int pb, int pr)
 {
@@ -324,10 +325,11 @@ static void test_conv_direct_case(const char *simd, int B, int Ci, int H, int W,
     setenv("DDPM_CPU_SIMD", simd, 1);
     conv2d_forward_gemm(o[0], x, w, bias, temb, res, 0.7f, B, Ci, H, W, Co, k, 1, pt, pl, pb, pr);
     conv2d_backward(dx[0], dw[0], NULL, NULL, NULL, d, x, w, 0.7f, B, Ci, H, W, Co, k, 1, pt, pl, pb, pr);
-    simd_restore();
+    setenv("DDPM_CPU_SIMD", "generic", 1); /* the references: the portable packed kernel and plain loops */
     conv2d_forward(o[1], x, w, bias, temb, res, 0.7f, B, Ci, H, W, Co, k, 1, pt, pl, pb, pr);
     conv2d_backward_naive(dx[1], dw[1], NULL, NULL, NULL, d, x, w, 0.7f, B, Ci, H, W, Co, k, 1, pt, pl, pb,
                           pr);
+    simd_restore();
     char what[200];
     snprintf(what, sizeof what, "%s: out", name);
     CHECK(test_close(what, o[0], o[1], no, 1e-5f, 1e-5f), "conv direct out");

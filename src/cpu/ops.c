@@ -319,6 +319,9 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
     int Ho = (H + pt + pb - k) / stride + 1, Wo = (W + pl + pr - k) / stride + 1;
     if (Ho <= 0 || Wo <= 0 || B <= 0 || Co <= 0)
         return;
+    if (stride == 1 &&
+        conv2d_direct_forward(out, inp, w, b, temb, res, scale, B, Ci, H, W, Co, k, pt, pl, pb, pr))
+        return;
     int nr;
     conv_kernel_fn kernel = conv_pick_kernel(&nr);
     int K = Ci * k * k, N = Ho * Wo;
