@@ -344,8 +344,8 @@ static void test_conv_direct_case(const char *simd, int B, int Ci, int H, int W,
 
 static void test_conv_direct(void)
 {
-    static const char *const simd[] = {"avx2", "native"};
-    for (int s = 0; s < 2; s++) {
+    static const char *const simd[] = {"avx2", "direct", "native"}; /* native: Winograd for 3x3 on AVX-512 */
+    for (int s = 0; s < 3; s++) {
         test_conv_direct_case(simd[s], 3, 5, 7, 9, 13, 3, 1, 1, 1, 1);
         test_conv_direct_case(simd[s], 2, 13, 5, 3, 7, 1, 0, 0, 0, 0);
         test_conv_direct_case(simd[s], 1, 3, 1, 1, 17, 3, 1, 1, 1, 1);
@@ -354,6 +354,9 @@ static void test_conv_direct(void)
         test_conv_direct_case(simd[s], 2, 4, 28, 28, 9, 3, 1, 1, 1, 1);
         test_conv_direct_case(simd[s], 5, 17, 7, 7, 10, 3, 1, 1, 1, 1);
         test_conv_direct_case(simd[s], 2, 3, 4, 5, 2, 1, 1, 2, 0, 1); /* padding past k - 1 */
+        test_conv_direct_case(simd[s], 3, 8, 14, 14, 8, 3, 1, 1, 1, 1);
+        test_conv_direct_case(simd[s], 2, 9, 5, 37, 11, 3, 1, 1, 1, 1); /* tile rows of 19: two vectors */
+        test_conv_direct_case(simd[s], 13, 8, 7, 7, 12, 3, 0, 1, 2, 0); /* 16 tiles per image, groups of 12 */
     }
 }
 

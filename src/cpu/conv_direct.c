@@ -9,7 +9,8 @@
  *   dW        += scale * sum over images and grid pixels of dout * shifted x: vectors reduced at the end
  * Kernels for AVX-512 and AVX2+FMA (conv_direct_kernels.h) are picked at run time; the callers take the
  * im2col + GEMM path when neither is there, or with DDPM_CPU_SIMD=generic (DDPM_CPU_SIMD=avx2 keeps an
- * AVX-512 machine on AVX2, for the tests). */
+ * AVX-512 machine on AVX2, and DDPM_CPU_SIMD=direct keeps the 3x3 forward off Winograd, for the tests).
+ * On AVX-512, 3x3 forwards with 8 or more channels each way go to conv_winograd.c. */
 #include "cpu.h"
 
 #include <stdlib.h>
@@ -28,21 +29,12 @@
 
 #ifdef HAVE_DCONV
 
+#include "conv_direct.h"
+
 /* Input streams per weight-gradient block: 9 = the taps of one 3x3 channel. */
 #define DCONV_WM 9
 /* Floats of padded data a weight-gradient pass gathers at a time (images are grouped to fit). */
 #define DCONV_DW_GROUP_FLOATS ((size_t)1 << 20)
-/* Multiply-adds below which a call stays on one thread. */
-#define DCONV_PARALLEL_MIN ((int64_t)1 << 20)
-
-typedef struct dconv_isa {
-    int vl, fr, fp, wr;
-    void (*fwd)(const float *xp, size_t cs, int cin, const int *offs, int taps, const float *wp, float *y,
-                size_t ys);
-    void (*dw)(const float *const *g, const float *x, const size_t *xoff, int nimg, size_t gstride,
-               size_t xstride, int nv, float *sums);
-} dconv_isa;
-
 #define DK_ATTR __attribute__((target("avx512f")))
 #define DK_SUFFIX avx512
 #define DK_V __m512
@@ -119,7 +111,7 @@ static const dconv_isa *dconv_pick(void)
     return NULL;
 }
 
-static int in_parallel(void)
+int dconv_in_parallel(void)
 {
 #ifdef _OPENMP
     return omp_in_parallel();
@@ -128,7 +120,7 @@ static int in_parallel(void)
 #endif
 }
 
-static int max_threads(void)
+int dconv_max_threads(void)
 {
 #ifdef _OPENMP
     return omp_get_max_threads();
@@ -137,7 +129,7 @@ static int max_threads(void)
 #endif
 }
 
-static int thread_id(void)
+int dconv_thread_id(void)
 {
 #ifdef _OPENMP
     return omp_get_thread_num();
@@ -146,17 +138,7 @@ static int thread_id(void)
 #endif
 }
 
-/* The flattened grid of a stride-1 convolution of a (C, H, W) input with padding (pt, pl, pb, pr). */
-typedef struct dconv_geom {
-    int C, H, W, k, pt, pl, Hp, Wp, Ho, Wo;
-    int Z;     /* zeros ahead of each row */
-    int shift; /* Z - pl: the read offset of tap (0, 0) */
-    int nq;    /* Ho * Wp grid pixels */
-    int qp;    /* nq rounded up to whole blocks of `block` floats */
-    size_t cs; /* floats per padded channel: every shifted read of the last block stays inside */
-} dconv_geom;
-
-static dconv_geom dconv_geometry(int C, int H, int W, int k, int pt, int pl, int pb, int pr, int block)
+dconv_geom dconv_geometry(int C, int H, int W, int k, int pt, int pl, int pb, int pr, int block)
 {
     dconv_geom g = {.C = C, .H = H, .W = W, .k = k, .pt = pt, .pl = pl};
     g.Hp = H + pt + pb;
@@ -175,8 +157,7 @@ static dconv_geom dconv_geometry(int C, int H, int W, int k, int pt, int pl, int
     return g;
 }
 
-/* dst (C, cs) = x (C, H, W) zero-padded; channels c0 .. c1 - 1. */
-static void dconv_pad(float *dst, const float *x, const dconv_geom *g, int c0, int c1)
+void dconv_pad(float *dst, const float *x, const dconv_geom *g, int c0, int c1)
 {
     /* one memset per channel and plain row copies: the rows are short and per-row calls cost more than
      * the copies */
@@ -216,15 +197,18 @@ static int dconv_forward(const dconv_isa *isa, float *out, const float *x, const
                          const float *bias, const float *temb, const float *res, float scale, int accumulate,
                          int B, int Ci, int H, int W, int Co, int k, int pt, int pl, int pb, int pr)
 {
+    if (k == 3 && dconv_winograd(isa, out, x, w, flip, bias, temb, res, scale, accumulate, B, Ci, H, W, Co,
+                                 pt, pl, pb, pr))
+        return 1;
     int FR = isa->fr, PX = isa->fp * isa->vl, kk = k * k;
     dconv_geom g = dconv_geometry(Ci, H, W, k, pt, pl, pb, pr, PX);
     int ncb = (Co + FR - 1) / FR;
-    int serial = in_parallel() || (int64_t)Co * Ci * kk * g.nq < DCONV_PARALLEL_MIN;
+    int serial = dconv_in_parallel() || (int64_t)Co * Ci * kk * g.nq < DCONV_PARALLEL_MIN;
     size_t wn = (size_t)ncb * FR * Ci * kk;
     float *wp = malloc(wn * sizeof(float));
     float *xp = malloc((size_t)Ci * g.cs * sizeof(float));
     int *offs = malloc((size_t)kk * sizeof(int));
-    float *ys_all = malloc((size_t)(serial ? 1 : max_threads()) * FR * g.qp * sizeof(float));
+    float *ys_all = malloc((size_t)(serial ? 1 : dconv_max_threads()) * FR * g.qp * sizeof(float));
     if (!wp || !xp || !offs || !ys_all) {
         free(wp);
         free(xp);
@@ -262,7 +246,7 @@ static int dconv_forward(const dconv_isa *isa, float *out, const float *x, const
         for (int cb = 0; cb < ncb; cb++) {
             /* the block's FR rows over the whole grid, then the kept columns through the epilogue: reading
              * y long after the kernel wrote it (not right behind its wide stores) */
-            float *y = ys_all + (size_t)(serial ? 0 : thread_id()) * FR * g.qp;
+            float *y = ys_all + (size_t)(serial ? 0 : dconv_thread_id()) * FR * g.qp;
             for (int q0 = 0; q0 < g.qp; q0 += PX)
                 isa->fwd(xp + q0, g.cs, Ci, offs, kk, wp + (size_t)cb * Ci * kk * FR, y + q0, (size_t)g.qp);
             for (int r = 0; r < FR && cb * FR + r < Co; r++) {
@@ -308,7 +292,7 @@ static int dconv_dweight(const dconv_isa *isa, float *dw, const float *dout, con
         int ci = s < K ? s / kk : 0, t = s < K ? s % kk : 0;
         xoff[s] = (size_t)ci * g.cs + (size_t)(t / k) * g.Wp + (size_t)(t % k) + (size_t)g.shift;
     }
-    int serial = in_parallel() || (int64_t)Co * K * g.nq * B < DCONV_PARALLEL_MIN;
+    int serial = dconv_in_parallel() || (int64_t)Co * K * g.nq * B < DCONV_PARALLEL_MIN;
     int HWo = g.Ho * g.Wo, nv = g.qp / VL;
     size_t xstride = (size_t)Ci * g.cs, gstride = (size_t)Co * g.qp;
     for (int b0 = 0; b0 < B; b0 += group) {
