@@ -8,6 +8,10 @@
 # (safetensors metadata) builds the torch model, so both train exactly the same architecture.
 # Besides wall-clock img/s it prints CPU-seconds per image (all threads): on a machine shared with other
 # work, wall time depends on the neighbours, CPU time much less. Both runs get the same environment.
+# For scale it also prints each trainer's arithmetic rate (a training step is taken as 3x the forward's
+# FLOPs, the count ddpm-train prints) next to what a large square sgemm reaches on the same threads: the
+# machine's practical float32 peak, which a trainer's nominal rate can pass only by doing fewer
+# multiplications than the count (Winograd convolutions do).
 import argparse
 import json
 import os
@@ -36,14 +40,16 @@ def run_ddpm_train(exe, out, steps, batch, threads, data):
     p = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True)
     if p.returncode != 0:
         sys.exit('bench: ddpm-train failed:\n' + p.stderr)
-    rate = cpu = None
+    rate = cpu = gflop = None
     for line in p.stderr.splitlines():
+        if 'GFLOP/image forward' in line:
+            gflop = float(line.split(' GFLOP/image forward')[0].split()[-1])
         if 'img/s (training only)' in line:
             rate = float(line.split(' img/s')[0].split()[-1])
             cpu = float(line.split(' CPU-s/img')[0].split()[-1])
-    if rate is None:
-        sys.exit('bench: no img/s line from ddpm-train:\n' + p.stderr)
-    return rate, cpu, os.path.join(out, 'model.safetensors')
+    if rate is None or gflop is None:
+        sys.exit('bench: no img/s or GFLOP line from ddpm-train:\n' + p.stderr)
+    return rate, cpu, gflop, os.path.join(out, 'model.safetensors')
 
 
 def run_torch(cfg, steps, batch, threads):
@@ -82,6 +88,18 @@ def run_torch(cfg, steps, batch, threads):
     return n / (time.perf_counter() - t0), (time.process_time() - c0) / n, torch.__version__
 
 
+def sgemm_rate(threads, n=2048, reps=5):
+    """GFLOP/s of torch's float32 n x n x n matrix product on `threads` threads: the machine's practical peak."""
+    import torch
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2.0 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument('ddpm_train')
@@ -96,15 +114,20 @@ def main():
     if a.wait_policy != 'default':
         os.environ['OMP_WAIT_POLICY'] = a.wait_policy  # both libgomp users (ddpm-train, torch) read it
     with tempfile.TemporaryDirectory() as tmp:
-        ours, ours_cpu, model = run_ddpm_train(a.ddpm_train, os.path.join(tmp, 'run'), a.steps, a.batch, a.threads, a.data)
+        ours, ours_cpu, gflop, model = run_ddpm_train(a.ddpm_train, os.path.join(tmp, 'run'), a.steps, a.batch, a.threads, a.data)
         cfg = json.loads(st_metadata(model)['ddpm.config'])
     theirs, theirs_cpu, version = run_torch(cfg, a.steps, a.batch, a.threads)
+    peak = sgemm_rate(a.threads)
     print(f'network: block_out_channels {cfg["block_out_channels"]}, layers_per_block {cfg["layers_per_block"]}, '
           f'{cfg["down_block_types"]}, {cfg["sample_size"]}x{cfg["sample_size"]}x{cfg["in_channels"]}; '
           f'batch {a.batch}, {a.threads} threads, {a.steps} steps each, OMP_WAIT_POLICY {a.wait_policy}')
     print(f'pytorch {version}: {theirs:.2f} img/s, {theirs_cpu:.4f} CPU-s/img')
     print(f'ddpm-train:         {ours:.2f} img/s, {ours_cpu:.4f} CPU-s/img')
     print(f'ratio ddpm-train / pytorch: {ours / theirs:.2f}x img/s, {theirs_cpu / ours_cpu:.2f}x img per CPU-s')
+    step = 3 * gflop
+    print(f'arithmetic ({step:.2f} GFLOP per training image): pytorch {theirs * step:.0f} GFLOP/s, ddpm-train '
+          f'{ours * step:.0f} GFLOP/s; a 2048^3 sgemm on {a.threads} threads: {peak:.0f} GFLOP/s '
+          f'(= {peak / step:.0f} img/s if training ran at that rate)')
 
 
 if __name__ == '__main__':
