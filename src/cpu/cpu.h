@@ -59,6 +59,17 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
 void upsample_backward(float *dinp, const float *dout, int B, int C, int H, int W);
 void concat_backward(float *da, float *db, const float *dout, int B, int Ca, int Cb, int HW);
 
+/* Scratch memory of the calling thread for the ops' temporaries: slot s (0 <= s < CPU_SCRATCH_SLOTS) is a
+ * block of at least `bytes`, 64-byte aligned, contents undefined; NULL when out of memory (callers fall
+ * back to a path without scratch). Grow-only: the block stays with the thread for its next request, so
+ * repeated ops allocate nothing. Valid until this thread asks for the same slot again or releases; threads
+ * of a parallel region the caller opens may use it meanwhile. An op uses slots 0, 1, ... and never calls
+ * another op that uses scratch while it holds some. The blocks are freed at thread exit or by
+ * cpu_scratch_release (the calling thread's only: no other thread may be using them). */
+#define CPU_SCRATCH_SLOTS 4
+void *cpu_scratch(int slot, size_t bytes);
+void cpu_scratch_release(void);
+
 /* C (M,N) = alpha op(A) op(B) + beta C, row-major; op(A) is (M,K) (A is (K,M) when transa), op(B) is
  * (K,N) (B is (N,K) when transb). OpenBLAS's cblas when built with it, else a blocked C loop; threads
  * inside (OpenBLAS's or OpenMP): call it from serial code. */

@@ -265,15 +265,11 @@ void conv2d_backward(float *dinp, float *dw, float *db, float *dtemb, float *dre
         per_image = (int64_t)Kt * HWi;
     int bc = (int)(CONV_BWD_CHUNK_FLOATS / per_image);
     bc = bc < 1 ? 1 : bc > B ? B : bc;
-    float *col = malloc((size_t)per_image * bc * sizeof(float));
-    float *G = malloc((size_t)Co * N * bc * sizeof(float));
-    float *Wt = flip ? malloc((size_t)Ci * Kt * sizeof(float)) : NULL;
-    float *Y = flip ? malloc((size_t)Ci * HWi * bc * sizeof(float)) : NULL;
+    float *col = cpu_scratch(0, (size_t)per_image * bc * sizeof(float));
+    float *G = cpu_scratch(1, (size_t)Co * N * bc * sizeof(float));
+    float *Wt = flip ? cpu_scratch(2, (size_t)Ci * Kt * sizeof(float)) : NULL;
+    float *Y = flip ? cpu_scratch(3, (size_t)Ci * HWi * bc * sizeof(float)) : NULL;
     if (!col || !G || (flip && (!Wt || !Y))) {
-        free(col);
-        free(G);
-        free(Wt);
-        free(Y);
         conv2d_backward_naive(dinp, dw, NULL, NULL, NULL, dout, inp, w, scale, B, Ci, H, W, Co, k, stride, pt,
                               pl, pb, pr);
         return;
@@ -318,10 +314,6 @@ void conv2d_backward(float *dinp, float *dw, float *db, float *dtemb, float *dre
             col2im_add(dinp + (size_t)b0 * Ci * H * W, col, nb, Ci, H, W, Ho, Wo, k, stride, pt, pl);
         }
     }
-    free(col);
-    free(G);
-    free(Wt);
-    free(Y);
 }
 
 /* The forward as explicit GEMMs on im2col chunks (the backward's layout): out = (W col + b + temb + res)
@@ -341,11 +333,9 @@ void conv2d_forward_gemm(float *out, const float *inp, const float *w, const flo
     int64_t per_image = (int64_t)(K > Co ? K : Co) * N;
     int bc = (int)(CONV_BWD_CHUNK_FLOATS / per_image);
     bc = bc < 1 ? 1 : bc > B ? B : bc;
-    float *col = malloc((size_t)K * N * bc * sizeof(float));
-    float *Y = malloc((size_t)Co * N * bc * sizeof(float));
+    float *col = cpu_scratch(0, (size_t)K * N * bc * sizeof(float));
+    float *Y = cpu_scratch(1, (size_t)Co * N * bc * sizeof(float));
     if (!col || !Y || K <= 0) {
-        free(col);
-        free(Y);
         conv2d_forward(out, inp, w, b, temb, res, scale, B, Ci, H, W, Co, k, stride, pt, pl, pb, pr);
         return;
     }
@@ -371,8 +361,6 @@ void conv2d_forward_gemm(float *out, const float *inp, const float *w, const flo
                 }
             }
     }
-    free(col);
-    free(Y);
 }
 
 /* ---- group norm ------------------------------------------------------------------------------- */

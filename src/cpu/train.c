@@ -24,18 +24,23 @@ typedef struct train_shard {
     int B, first;   /* images first .. first + B - 1 of the batch */
     float **vals;   /* n_values buffers of B * numel: every activation of the last forward */
     float **masked; /* n_nodes: the dropped-out in0 of flagged nodes (NULL elsewhere or when p = 0) */
-    float **dvals;  /* n_values: gradients, allocated and freed during a backward */
+    float **dbuf;   /* n_dbufs gradient buffers of B * dbuf_numel[i] floats, kept for the trainer's life */
+    float **dvals;  /* n_values: a value's gradient buffer while it is live in a backward, else NULL */
+    float *dmasked; /* B * dmasked_numel: a dropout conv's gradient before the mask (NULL without dropout) */
     float **grads;  /* n_params gradient buffers of shards > 0 (shard 0 writes the caller's) */
-    ddpm_result res;
 } train_shard;
 
 struct cpu_trainer {
     const ddpm_graph *g; /* borrowed: must outlive the trainer */
     int B;
     float dropout;
-    uint64_t seed;   /* dropout seed of the last forward */
-    int forwarded;   /* a forward has run since creation */
-    char *need_grad; /* n_values: a gradient reaches a parameter through this value */
+    uint64_t seed;       /* dropout seed of the last forward */
+    int forwarded;       /* a forward has run since creation */
+    char *need_grad;     /* n_values: a gradient reaches a parameter through this value */
+    int *dbuf_of;        /* n_values: the gradient buffer value v uses in every backward (-1: none) */
+    int64_t *dbuf_numel; /* n_dbufs: floats per image of each gradient buffer */
+    int n_dbufs;
+    int64_t dmasked_numel; /* floats per image of the dropout scratch (0: none) */
     int n_shards;
     train_shard *sh;
     float *out; /* (B, Cout, S, S): the shards' outputs side by side (NULL with one shard) */
@@ -72,14 +77,15 @@ static int uses_dropout(const cpu_trainer *tr, const ddpm_node *n)
     return tr->dropout > 0.0f && n->train_dropout && n->op == OP_CONV2D;
 }
 
-static void shard_free(const ddpm_graph *g, train_shard *s)
+static void shard_free(const cpu_trainer *tr, train_shard *s)
 {
+    const ddpm_graph *g = tr->g;
+    if (s->dbuf)
+        for (int i = 0; i < tr->n_dbufs; i++)
+            free(s->dbuf[i]);
     if (s->vals)
         for (int v = 0; v < g->n_values; v++)
             free(s->vals[v]);
-    if (s->dvals)
-        for (int v = 0; v < g->n_values; v++)
-            free(s->dvals[v]);
     if (s->masked)
         for (int i = 0; i < g->n_nodes; i++)
             free(s->masked[i]);
@@ -88,6 +94,8 @@ static void shard_free(const ddpm_graph *g, train_shard *s)
             free(s->grads[p]);
     free(s->vals);
     free(s->dvals);
+    free(s->dbuf);
+    free(s->dmasked);
     free(s->masked);
     free(s->grads);
 }
@@ -98,9 +106,15 @@ void cpu_train_free(cpu_trainer *tr)
         return;
     if (tr->sh)
         for (int s = 0; s < tr->n_shards; s++)
-            shard_free(tr->g, &tr->sh[s]);
+            shard_free(tr, &tr->sh[s]);
+            /* the ops' scratch of the threads that ran the shards (OpenMP keeps its threads from region to
+             * region; a thread not met here frees its scratch when it exits) */
+#pragma omp parallel num_threads(tr->n_shards) if (tr->n_shards > 1)
+    cpu_scratch_release();
     free(tr->sh);
     free(tr->need_grad);
+    free(tr->dbuf_of);
+    free(tr->dbuf_numel);
     free(tr->out);
     free(tr);
 }
@@ -111,10 +125,21 @@ static ddpm_result shard_alloc(const cpu_trainer *tr, train_shard *s, int index)
     s->vals = ddpm_calloc((size_t)g->n_values, sizeof *s->vals);
     s->dvals = ddpm_calloc((size_t)g->n_values, sizeof *s->dvals);
     s->masked = ddpm_calloc((size_t)g->n_nodes, sizeof *s->masked);
+    s->dbuf = ddpm_calloc((size_t)tr->n_dbufs + 1, sizeof *s->dbuf);
     if (index > 0)
         s->grads = ddpm_calloc((size_t)g->n_params, sizeof *s->grads);
-    if (!s->vals || !s->dvals || !s->masked || (index > 0 && !s->grads))
+    if (!s->vals || !s->dvals || !s->masked || !s->dbuf || (index > 0 && !s->grads))
         return DDPM_ERR_NOMEM;
+    for (int i = 0; i < tr->n_dbufs; i++) {
+        s->dbuf[i] = malloc((size_t)s->B * tr->dbuf_numel[i] * sizeof(float));
+        if (!s->dbuf[i])
+            return ddpm_fail(DDPM_ERR_NOMEM, "cpu_train_create: out of memory for gradients");
+    }
+    if (tr->dmasked_numel > 0) {
+        s->dmasked = malloc((size_t)s->B * tr->dmasked_numel * sizeof(float));
+        if (!s->dmasked)
+            return ddpm_fail(DDPM_ERR_NOMEM, "cpu_train_create: out of memory for dropout");
+    }
     for (int v = 0; v < g->n_values; v++) {
         s->vals[v] = malloc((size_t)s->B * value_numel(&g->values[v]) * sizeof(float));
         if (!s->vals[v])
@@ -134,6 +159,79 @@ static ddpm_result shard_alloc(const cpu_trainer *tr, train_shard *s, int index)
         if (!s->grads[p])
             return ddpm_fail(DDPM_ERR_NOMEM, "cpu_train_create: out of memory for gradients");
     }
+    return DDPM_OK;
+}
+
+/* Marks the values a gradient reaches a parameter through, then places every such value's gradient in a
+ * buffer by walking the backward once: a gradient is live from the backward of its last reader (the first
+ * to write it) to that of its producer, and a buffer freed there is taken by a later gradient (the smallest
+ * free one that fits, else the largest free one, grown). The peak is about that of allocating each gradient
+ * when first written and freeing it when spent, and a backward allocates nothing. */
+static ddpm_result plan_gradients(cpu_trainer *tr)
+{
+    const ddpm_graph *g = tr->g;
+    for (int i = 0; i < g->n_nodes; i++) {
+        /* x and t get no gradient; a value does when its node has weights or reads one that does
+         * (the time embedding is a fixed function of t) */
+        const ddpm_node *n = &g->nodes[i];
+        int need = n->op != OP_TIME_EMBED && (n->w[0] >= 0 || n->w[1] >= 0);
+        for (int k = 0; k < 3; k++)
+            if (n->in[k] >= 0 && tr->need_grad[n->in[k]])
+                need = 1;
+        tr->need_grad[n->out] = (char)need;
+        if (uses_dropout(tr, n) && value_numel(&g->values[n->in[0]]) > tr->dmasked_numel)
+            tr->dmasked_numel = value_numel(&g->values[n->in[0]]);
+    }
+    tr->dbuf_of = ddpm_calloc((size_t)g->n_values, sizeof *tr->dbuf_of);
+    tr->dbuf_numel = ddpm_calloc((size_t)g->n_values, sizeof *tr->dbuf_numel); /* at most one per value */
+    char *is_free = ddpm_calloc((size_t)g->n_values, 1);
+    if (!tr->dbuf_of || !tr->dbuf_numel || !is_free) {
+        free(is_free);
+        return DDPM_ERR_NOMEM;
+    }
+    for (int v = 0; v < g->n_values; v++)
+        tr->dbuf_of[v] = -1;
+    tr->n_dbufs = 0;
+    for (int i = g->n_nodes; i >= 0; i--) {
+        /* i == n_nodes: the output's gradient, born before the walk; then node i's inputs are born and its
+         * output is spent, as in shard_backward */
+        int born[3] = {g->output, -1, -1};
+        if (i < g->n_nodes) {
+            const ddpm_node *n = &g->nodes[i];
+            if (tr->dbuf_of[n->out] < 0) /* no gradient reached this node */
+                continue;
+            for (int k = 0; k < 3; k++)
+                born[k] = n->in[k];
+        }
+        for (int k = 0; k < 3; k++) {
+            int v = born[k];
+            if (v < 0 || !tr->need_grad[v] || tr->dbuf_of[v] >= 0)
+                continue;
+            int64_t need = value_numel(&g->values[v]);
+            int best = -1, largest = -1;
+            for (int b = 0; b < tr->n_dbufs; b++) {
+                if (!is_free[b])
+                    continue;
+                if (tr->dbuf_numel[b] >= need && (best < 0 || tr->dbuf_numel[b] < tr->dbuf_numel[best]))
+                    best = b;
+                if (largest < 0 || tr->dbuf_numel[b] > tr->dbuf_numel[largest])
+                    largest = b;
+            }
+            if (best < 0 && largest >= 0) {
+                best = largest;
+                tr->dbuf_numel[best] = need;
+            }
+            if (best < 0) {
+                best = tr->n_dbufs++;
+                tr->dbuf_numel[best] = need;
+            }
+            is_free[best] = 0;
+            tr->dbuf_of[v] = best;
+        }
+        if (i < g->n_nodes && tr->dbuf_of[g->nodes[i].out] >= 0)
+            is_free[tr->dbuf_of[g->nodes[i].out]] = 1;
+    }
+    free(is_free);
     return DDPM_OK;
 }
 
@@ -163,7 +261,7 @@ ddpm_result cpu_train_create(const ddpm_graph *g, int B, float dropout, cpu_trai
     tr->need_grad = ddpm_calloc((size_t)g->n_values, 1);
     if (tr->n_shards > 1)
         tr->out = malloc((size_t)B * value_numel(&g->values[g->output]) * sizeof(float));
-    if (!tr->sh || !tr->need_grad || (tr->n_shards > 1 && !tr->out)) {
+    if (!tr->sh || !tr->need_grad || (tr->n_shards > 1 && !tr->out) || plan_gradients(tr) != DDPM_OK) {
         cpu_train_free(tr);
         return ddpm_fail(DDPM_ERR_NOMEM, "cpu_train_create: out of memory");
     }
@@ -176,16 +274,6 @@ ddpm_result cpu_train_create(const ddpm_graph *g, int B, float dropout, cpu_trai
             cpu_train_free(tr);
             return res;
         }
-    }
-    for (int i = 0; i < g->n_nodes; i++) {
-        /* x and t get no gradient; a value does when its node has weights or reads one that does
-         * (the time embedding is a fixed function of t) */
-        const ddpm_node *n = &g->nodes[i];
-        int need = n->op != OP_TIME_EMBED && (n->w[0] >= 0 || n->w[1] >= 0);
-        for (int k = 0; k < 3; k++)
-            if (n->in[k] >= 0 && tr->need_grad[n->in[k]])
-                need = 1;
-        tr->need_grad[n->out] = (char)need;
     }
     *out = tr;
     return DDPM_OK;
@@ -246,30 +334,27 @@ ddpm_result cpu_train_forward(cpu_trainer *tr, const float *const *weights, cons
     return DDPM_OK;
 }
 
-/* The gradient buffer of value v, zeroed on first use; NULL when v needs none. */
+/* The gradient of value v in its planned buffer, zeroed when it becomes live; NULL when v needs none. */
 static float *grad_of(const cpu_trainer *tr, train_shard *sh, int v)
 {
     if (v < 0 || !tr->need_grad[v])
         return NULL;
     if (!sh->dvals[v]) {
-        sh->dvals[v] = calloc((size_t)sh->B * value_numel(&tr->g->values[v]), sizeof(float));
-        if (!sh->dvals[v] && sh->res == DDPM_OK)
-            sh->res = ddpm_fail(DDPM_ERR_NOMEM, "cpu_train_backward: out of memory for a gradient");
+        sh->dvals[v] = sh->dbuf[tr->dbuf_of[v]];
+        memset(sh->dvals[v], 0, (size_t)sh->B * value_numel(&tr->g->values[v]) * sizeof(float));
     }
     return sh->dvals[v];
 }
 
-/* The backward of one shard from its slice of dout, accumulating into grads; the result in sh->res. */
+/* The backward of one shard from its slice of dout, accumulating into grads. Allocates nothing. */
 static void shard_backward(const cpu_trainer *tr, train_shard *sh, const float *const *weights,
                            const float *dout, float *const *grads)
 {
     const ddpm_graph *g = tr->g;
     int B = sh->B;
-    float *dmasked = NULL;
-    sh->res = DDPM_OK;
     float *d = grad_of(tr, sh, g->output);
     if (!d)
-        goto cleanup;
+        return;
     int64_t per_out = value_numel(&g->values[g->output]);
     memcpy(d, dout + (size_t)sh->first * per_out, (size_t)B * per_out * sizeof(float));
 
@@ -287,33 +372,20 @@ static void shard_backward(const cpu_trainer *tr, train_shard *sh, const float *
         float *dx = grad_of(tr, sh, n->in[0]);
         float *d1 = grad_of(tr, sh, n->in[1]);
         float *d2 = grad_of(tr, sh, n->in[2]);
-        if (sh->res != DDPM_OK)
-            goto cleanup;
         switch (n->op) {
         case OP_TIME_EMBED: break; /* no gradient w.r.t. t */
         case OP_LINEAR: linear_backward(dx, dw, db, go, x, w, B, a->c, o->c); break;
         case OP_SILU: silu_backward(dx, go, x, (int64_t)B * value_numel(o)); break;
         case OP_CONV2D: {
-            float *dconv_in = dx;
-            if (uses_dropout(tr, n)) { /* the conv saw the masked input: its input gradient is masked */
+            int masked = uses_dropout(tr, n) && dx;
+            if (uses_dropout(tr, n)) /* the conv saw the masked input: its input gradient is masked */
                 x = sh->masked[i];
-                if (dx) {
-                    dmasked = calloc((size_t)B * value_numel(a), sizeof(float));
-                    if (!dmasked) {
-                        sh->res =
-                            ddpm_fail(DDPM_ERR_NOMEM, "cpu_train_backward: out of memory at %s", n->name);
-                        goto cleanup;
-                    }
-                    dconv_in = dmasked;
-                }
-            }
-            conv2d_backward(dconv_in, dw, db, d1, d2, go, x, w, n->fp[0], B, a->c, a->h, a->w, o->c, n->ip[0],
-                            n->ip[1], n->ip[2], n->ip[3], n->ip[4], n->ip[5]);
-            if (dmasked) {
-                dropout_apply(dx, dmasked, value_numel(a), B, sh->first, i, tr->seed, tr->dropout, 1);
-                free(dmasked);
-                dmasked = NULL;
-            }
+            if (masked)
+                memset(sh->dmasked, 0, (size_t)B * value_numel(a) * sizeof(float));
+            conv2d_backward(masked ? sh->dmasked : dx, dw, db, d1, d2, go, x, w, n->fp[0], B, a->c, a->h,
+                            a->w, o->c, n->ip[0], n->ip[1], n->ip[2], n->ip[3], n->ip[4], n->ip[5]);
+            if (masked)
+                dropout_apply(dx, sh->dmasked, value_numel(a), B, sh->first, i, tr->seed, tr->dropout, 1);
             break;
         }
         case OP_GROUPNORM:
@@ -328,17 +400,12 @@ static void shard_backward(const cpu_trainer *tr, train_shard *sh, const float *
         case OP_CONCAT: concat_backward(dx, d1, go, B, a->c, g->values[n->in[1]].c, a->h * a->w); break;
         case OP_COUNT: break;
         }
-        /* every reader of this node's output came later in the list: its gradient is spent */
-        free(sh->dvals[n->out]);
+        /* every reader of this node's output came later in the list: its gradient is spent (and its
+         * buffer taken by a later one) */
         sh->dvals[n->out] = NULL;
     }
-
-cleanup:
-    free(dmasked);
-    for (int v = 0; v < g->n_values; v++) {
-        free(sh->dvals[v]);
+    for (int v = 0; v < g->n_values; v++) /* gradients no node consumed (x, t never get one) */
         sh->dvals[v] = NULL;
-    }
 }
 
 ddpm_result cpu_train_backward(cpu_trainer *tr, const float *const *weights, const float *dout,
@@ -355,10 +422,6 @@ ddpm_result cpu_train_backward(cpu_trainer *tr, const float *const *weights, con
 #pragma omp parallel for schedule(static, 1) if (tr->n_shards > 1)
     for (int s = 0; s < tr->n_shards; s++)
         shard_backward(tr, &tr->sh[s], weights, dout, s == 0 ? grads : tr->sh[s].grads);
-    for (int s = 0; s < tr->n_shards; s++)
-        if (tr->sh[s].res != DDPM_OK) /* again here: the shard's message is in its thread's error slot */
-            return ddpm_fail(tr->sh[s].res, "cpu_train_backward: out of memory for the gradients of shard %d",
-                             s);
     /* the other shards' gradients, added in shard order */
     for (int p = 0; p < g->n_params; p++) {
         float *gp = grads[p];
