@@ -205,17 +205,12 @@ static int dconv_forward(const dconv_isa *isa, float *out, const float *x, const
     int ncb = (Co + FR - 1) / FR;
     int serial = dconv_in_parallel() || (int64_t)Co * Ci * kk * g.nq < DCONV_PARALLEL_MIN;
     size_t wn = (size_t)ncb * FR * Ci * kk;
-    float *wp = malloc(wn * sizeof(float));
-    float *xp = malloc((size_t)Ci * g.cs * sizeof(float));
-    int *offs = malloc((size_t)kk * sizeof(int));
-    float *ys_all = malloc((size_t)(serial ? 1 : dconv_max_threads()) * FR * g.qp * sizeof(float));
-    if (!wp || !xp || !offs || !ys_all) {
-        free(wp);
-        free(xp);
-        free(offs);
-        free(ys_all);
+    float *wp = cpu_scratch(0, wn * sizeof(float));
+    float *xp = cpu_scratch(1, (size_t)Ci * g.cs * sizeof(float));
+    int *offs = cpu_scratch(2, (size_t)kk * sizeof(int));
+    float *ys_all = cpu_scratch(3, (size_t)(serial ? 1 : dconv_max_threads()) * FR * g.qp * sizeof(float));
+    if (!wp || !xp || !offs || !ys_all)
         return 0;
-    }
     for (int t = 0; t < kk; t++)
         offs[t] = (t / k) * g.Wp + t % k + g.shift;
     /* wp[cb][ci][t][r]: the block's FR weights of one (ci, t) side by side; zero past Co */
@@ -260,10 +255,6 @@ static int dconv_forward(const dconv_isa *isa, float *out, const float *x, const
             }
         }
     }
-    free(wp);
-    free(xp);
-    free(offs);
-    free(ys_all);
     return 1;
 }
 
@@ -277,16 +268,12 @@ static int dconv_dweight(const dconv_isa *isa, float *dw, const float *dout, con
     size_t per_image = (size_t)Ci * g.cs + (size_t)Co * g.qp;
     int group = (int)(DCONV_DW_GROUP_FLOATS / per_image);
     group = group < 1 ? 1 : group > B ? B : group;
-    float *xp = malloc((size_t)group * Ci * g.cs * sizeof(float));
-    float *gp = malloc((size_t)group * Co * g.qp * sizeof(float));
+    float *xp = cpu_scratch(0, (size_t)group * Ci * g.cs * sizeof(float));
+    float *gp = cpu_scratch(1, (size_t)group * Co * g.qp * sizeof(float));
     int nchunk = (K + DCONV_WM - 1) / DCONV_WM, ncb = (Co + WR - 1) / WR;
-    size_t *xoff = malloc((size_t)nchunk * DCONV_WM * sizeof(size_t));
-    if (!xp || !gp || !xoff) {
-        free(xp);
-        free(gp);
-        free(xoff);
+    size_t *xoff = cpu_scratch(2, (size_t)nchunk * DCONV_WM * sizeof(size_t));
+    if (!xp || !gp || !xoff)
         return 0;
-    }
     /* stream s = (ci, t) of the im2col row order; the tail of the last chunk repeats stream 0 (dropped) */
     for (int s = 0; s < nchunk * DCONV_WM; s++) {
         int ci = s < K ? s / kk : 0, t = s < K ? s % kk : 0;
@@ -332,9 +319,6 @@ static int dconv_dweight(const dconv_isa *isa, float *dw, const float *dout, con
             }
         }
     }
-    free(xp);
-    free(gp);
-    free(xoff);
     return 1;
 }
 

@@ -8,6 +8,7 @@
  * The tiles of a tile row sit side by side, so even and odd input columns are split by permutes and the
  * outputs' columns interleaved back the same way. Rounding differs from the direct sum by a few ulps. */
 #include "conv_direct.h"
+#include "cpu.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -167,18 +168,14 @@ int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float
     size_t tpad = ((size_t)group * T + PX - 1) / PX * PX;
     int ncb = (Co + FR - 1) / FR, CoP = ncb * FR;
     size_t vplane = (size_t)Ci * tpad, mplane = (size_t)CoP * tpad;
-    float *U = malloc((size_t)16 * CoP * Ci * sizeof(float));
-    float *V = calloc((size_t)16 * vplane, sizeof(float)); /* tiles past the group's stay zero */
-    /* zero where no product writes; 16 floats of slack for the output transform's last full-vector reads */
-    float *M = calloc((size_t)16 * mplane + 16, sizeof(float));
-    float *xp = malloc((size_t)Ci * g.cs * sizeof(float));
-    if (!U || !V || !M || !xp) {
-        free(U);
-        free(V);
-        free(M);
-        free(xp);
+    float *U = cpu_scratch(0, (size_t)16 * CoP * Ci * sizeof(float));
+    float *V = cpu_scratch(1, (size_t)16 * vplane * sizeof(float));
+    /* 16 floats of slack for the output transform's full-vector reads past the last tile */
+    float *M = cpu_scratch(2, ((size_t)16 * mplane + 16) * sizeof(float));
+    float *xp = cpu_scratch(3, (size_t)Ci * g.cs * sizeof(float));
+    if (!U || !V || !M || !xp)
         return 0;
-    }
+    memset(M + (size_t)16 * mplane, 0, 16 * sizeof(float));
     wino_weights(U, w, flip, Ci, Co, FR, ncb);
     static const int offs0[1] = {0};
     int serial = dconv_in_parallel() || (int64_t)Co * Ci * 16 * T * B < DCONV_PARALLEL_MIN;
@@ -194,6 +191,12 @@ int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float
             }
         }
         int nq = (nb * T + PX - 1) / PX * PX;
+        /* zero what the products read past the group's tiles and what the output transform reads past the
+         * products' columns: those lanes are dropped, but stay finite */
+        for (size_t r = 0; r < (size_t)16 * Ci; r++)
+            memset(V + r * tpad + (size_t)nb * T, 0, (tpad - (size_t)nb * T) * sizeof(float));
+        for (size_t r = 0; r < (size_t)16 * CoP; r++)
+            memset(M + r * tpad + nq, 0, (tpad - (size_t)nq) * sizeof(float));
 #pragma omp parallel for schedule(dynamic) if (!serial)
         for (int task = 0; task < 16 * ncb; task++) {
             int xi = task / ncb, cb = task % ncb;
@@ -212,10 +215,6 @@ int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float
                             g.Ho, g.Wo, th, tw, add, scale, accumulate);
             }
     }
-    free(U);
-    free(V);
-    free(M);
-    free(xp);
     return 1;
 }
 
