@@ -14,6 +14,9 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
                     int pt, int pl, int pb, int pr);
 void groupnorm_forward(float *out, const float *inp, const float *gamma, const float *beta, int B, int C,
                        int HW, int groups, float eps, int silu);
+/* The statistics of one group of n floats as groupnorm_forward takes them: mean and 1 / sqrt(var + eps)
+ * (biased variance). */
+void groupnorm_stats(float *mean, float *rstd, const float *x, int64_t n, float eps);
 void attention_forward(float *out, const float *q, const float *k, const float *v, int B, int C, int HW,
                        int heads);
 void upsample_forward(float *out, const float *inp, int B, int C, int H, int W);
@@ -49,11 +52,12 @@ int conv2d_direct_backward(float *dinp, float *dw, const float *dout, const floa
 void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
                         const float *out, const float *gamma, const float *beta, int B, int C, int HW,
                         int groups, float eps, int silu);
-/* attention_forward as two GEMMs per (batch item, head) with an HW x HW scratch per thread: the training
- * forward's attention. */
+/* attention_forward as two GEMMs per (batch item, head) with an HW x HW scratch per thread (cpu_scratch
+ * slot 0): the training forward's attention. */
 void attention_forward_gemm(float *out, const float *q, const float *k, const float *v, int B, int C, int HW,
                             int heads);
-/* Softmax rows recomputed per (batch item, head); HW x HW scratch per call. */
+/* Softmax rows recomputed per (batch item, head); two HW x HW scratch matrices per thread (cpu_scratch
+ * slots 0, 1). */
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                         const float *v, int B, int C, int HW, int heads);
 void upsample_backward(float *dinp, const float *dout, int B, int C, int H, int W);

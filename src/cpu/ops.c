@@ -1,6 +1,7 @@
 /* ops.c: the CPU forward of every graph op (time embedding, linear, SiLU, conv2d, group norm, attention,
  * upsample, concat), NCHW float32, matching torch / diffusers; OpenMP on outer loops only. */
 #include "cpu.h"
+#include "vexpf.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -384,39 +385,48 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
 
 /* ---- group norm ------------------------------------------------------------------------------- */
 
-/* sum(x - shift) and sum((x - shift)^2) in double, 8 lanes so the loop vectorises. */
-static double sum_shifted(const float *x, int64_t n, double shift)
-{
-    double lane[8] = {0};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++)
-            lane[l] += (double)x[i + l] - shift;
-    double s = 0.0;
-    for (; i < n; i++)
-        s += (double)x[i] - shift;
-    for (int l = 0; l < 8; l++)
-        s += lane[l];
-    return s;
-}
+/* Floats per block of groupnorm_stats: summed in float lanes, blocks merged in double. */
+#define GN_BLOCK 512
 
-static double sum_sq_shifted(const float *x, int64_t n, double shift)
+void groupnorm_stats(float *mean, float *rstd, const float *x, int64_t n, float eps)
 {
-    double lane[8] = {0};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++) {
-            double d = (double)x[i + l] - shift;
-            lane[l] += d * d;
+    // One pass over memory: each block's sum in 16 float lanes (vectorised), then its squared deviations
+    // around its own mean while it is in L1; blocks merged in double (Chan, Golub, LeVeque), which stays
+    // exact when the mean is large against the spread.
+    double cnt = 0.0, mu = 0.0, m2 = 0.0;
+    for (int64_t b0 = 0; b0 < n; b0 += GN_BLOCK) {
+        int bn = n - b0 < GN_BLOCK ? (int)(n - b0) : GN_BLOCK;
+        const float *xb = x + b0;
+        float lane[16] = {0}, lane2[16] = {0};
+        int i = 0;
+        for (; i + 16 <= bn; i += 16)
+            for (int l = 0; l < 16; l++)
+                lane[l] += xb[i + l];
+        float s = 0.0f;
+        for (; i < bn; i++)
+            s += xb[i];
+        for (int l = 0; l < 16; l++)
+            s += lane[l];
+        float bmean = s / (float)bn, q = 0.0f;
+        for (i = 0; i + 16 <= bn; i += 16)
+            for (int l = 0; l < 16; l++) {
+                float d = xb[i + l] - bmean;
+                lane2[l] += d * d;
+            }
+        for (; i < bn; i++) {
+            float d = xb[i] - bmean;
+            q += d * d;
         }
-    double s = 0.0;
-    for (; i < n; i++) {
-        double d = (double)x[i] - shift;
-        s += d * d;
+        for (int l = 0; l < 16; l++)
+            q += lane2[l];
+        double tot = cnt + bn, delta = (double)bmean - mu;
+        mu += delta * bn / tot;
+        m2 += (double)q + delta * delta * cnt * bn / tot;
+        cnt = tot;
     }
-    for (int l = 0; l < 8; l++)
-        s += lane[l];
-    return s;
+    double var = n > 0 ? m2 / (double)n : 0.0;
+    *mean = (float)mu;
+    *rstd = (float)(1.0 / sqrt(var + (double)eps));
 }
 
 void groupnorm_forward(float *out, const float *inp, const float *gamma, const float *beta, int B, int C,
@@ -433,11 +443,8 @@ void groupnorm_forward(float *out, const float *inp, const float *gamma, const f
         for (int g = 0; g < groups; g++) {
             size_t base = ((size_t)bi * C + (size_t)g * cg) * HW;
             const float *x = inp + base;
-            /* Two passes in double: the mean, then the biased variance around it. */
-            double mean = n ? sum_shifted(x, n, 0.0) / (double)n : 0.0;
-            double var = n ? sum_sq_shifted(x, n, mean) / (double)n : 0.0;
-            float rstd = (float)(1.0 / sqrt(var + (double)eps));
-            float fmean = (float)mean;
+            float mean, rstd;
+            groupnorm_stats(&mean, &rstd, x, n, eps);
             for (int c = 0; c < cg; c++) {
                 int ch = g * cg + c;
                 float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
@@ -447,12 +454,12 @@ void groupnorm_forward(float *out, const float *inp, const float *gamma, const f
                 float *o = out + base + (size_t)c * HW;
                 if (silu) {
                     for (int i = 0; i < HW; i++) {
-                        float y = (xc[i] - fmean) * sc + be;
-                        o[i] = y / (1.0f + expf(-y));
+                        float y = (xc[i] - mean) * sc + be;
+                        o[i] = y / (1.0f + vexpf(-y));
                     }
                 } else {
                     for (int i = 0; i < HW; i++)
-                        o[i] = (xc[i] - fmean) * sc + be;
+                        o[i] = (xc[i] - mean) * sc + be;
                 }
             }
         }

@@ -2,14 +2,35 @@
  * SiLU, conv2d with its fused temb / residual / scale, group norm with its fused SiLU, attention,
  * upsample, concat). Gradients accumulate (+=); NULL means not wanted. NCHW float32. */
 #include "cpu.h"
+#include "vexpf.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#ifndef _OPENMP
+#ifdef _OPENMP
+#include <omp.h>
+#else
 #pragma GCC diagnostic ignored "-Wunknown-pragmas"
 #endif
+
+static int max_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static int thread_num(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
 
 /* ---- linear, SiLU ----------------------------------------------------------------------------- */
 
@@ -365,22 +386,6 @@ void conv2d_forward_gemm(float *out, const float *inp, const float *w, const flo
 
 /* ---- group norm ------------------------------------------------------------------------------- */
 
-/* Mean and 1/std of one group as groupnorm_forward computes them (two passes in double). */
-static void gn_stats(const float *x, int64_t n, float eps, float *mean, float *rstd)
-{
-    double s = 0.0;
-    for (int64_t i = 0; i < n; i++)
-        s += x[i];
-    double m = n ? s / (double)n : 0.0, v = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = (double)x[i] - m;
-        v += d * d;
-    }
-    v = n ? v / (double)n : 0.0;
-    *mean = (float)m;
-    *rstd = (float)(1.0 / sqrt(v + (double)eps));
-}
-
 /* The backward in three plain passes (statistics, dgamma / dbeta by channel, dx by group), recomputing
  * dy in each: the reference for groupnorm_backward and its fallback. Same arguments. */
 void groupnorm_backward_naive(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
@@ -404,7 +409,7 @@ void groupnorm_backward_naive(float *dinp, float *dgamma, float *dbeta, const fl
     if (stat) {
 #pragma omp parallel for if (big)
         for (int64_t bg = 0; bg < (int64_t)B * groups; bg++)
-            gn_stats(inp + (size_t)bg * n, n, eps, &stat[2 * bg], &stat[2 * bg + 1]);
+            groupnorm_stats(&stat[2 * bg], &stat[2 * bg + 1], inp + (size_t)bg * n, n, eps);
     }
     if (dgamma || dbeta) {
 #pragma omp parallel for if (big)
@@ -418,7 +423,7 @@ void groupnorm_backward_naive(float *dinp, float *dgamma, float *dbeta, const fl
                     mean = stat[2 * ((size_t)bi * groups + g)];
                     rstd = stat[2 * ((size_t)bi * groups + g) + 1];
                 } else {
-                    gn_stats(inp + ((size_t)bi * groups + g) * n, n, eps, &mean, &rstd);
+                    groupnorm_stats(&mean, &rstd, inp + ((size_t)bi * groups + g) * n, n, eps);
                 }
                 const float *x = inp + ((size_t)bi * C + c) * HW;
                 const float *d = dout + ((size_t)bi * C + c) * HW;
@@ -445,7 +450,7 @@ void groupnorm_backward_naive(float *dinp, float *dgamma, float *dbeta, const fl
                 mean = stat[2 * bg];
                 rstd = stat[2 * bg + 1];
             } else {
-                gn_stats(inp + base, n, eps, &mean, &rstd);
+                groupnorm_stats(&mean, &rstd, inp + base, n, eps);
             }
             double s1 = 0.0, s2 = 0.0;
             for (int c = 0; c < cg; c++) {
@@ -476,87 +481,125 @@ void groupnorm_backward_naive(float *dinp, float *dgamma, float *dbeta, const fl
     free(stat);
 }
 
-/* sigmoid(y) from the forward's SiLU output o = y sigmoid(y): o / y, or 1/2 + y/4 where y is too small
- * for the quotient (the Taylor error y^3 / 48 is then below 1e-10). No exp: this loop vectorises. */
-static inline float sigmoid_from_silu(float o, float y)
+/* a where mask is all ones, b where it is 0, on the bits: a float select GCC can vectorise even when a
+ * is a quotient (a conditional division might trap, so it keeps that loop scalar). */
+static inline float select_bits(uint32_t mask, float a, float b)
 {
-    return fabsf(y) > 1e-3f ? o / y : 0.5f + 0.25f * y;
+    uint32_t ab, bb;
+    memcpy(&ab, &a, sizeof ab);
+    memcpy(&bb, &b, sizeof bb);
+    uint32_t r = (ab & mask) | (bb & ~mask);
+    float f;
+    memcpy(&f, &r, sizeof f);
+    return f;
+}
+
+/* dy = dout silu'(y) over one channel (len floats), y = (x - mean) sc + be recomputed exactly as
+ * groupnorm_forward computes it. sigmoid(y) comes from the forward's output o = y sigmoid(y) when given:
+ * o / y, or 1/2 + y/4 where |y| is too small for the quotient (the Taylor error y^3 / 48 is then below
+ * 1e-10); else from vexpf. Both loops vectorise (the select picks between values computed either way). */
+static void gn_silu_dy(float *dy, const float *d, const float *x, const float *o, int len, float mean,
+                       float sc, float be)
+{
+    if (o) {
+        for (int i = 0; i < len; i++) {
+            float y = (x[i] - mean) * sc + be;
+            uint32_t yb;
+            memcpy(&yb, &y, sizeof yb);
+            uint32_t big = 0u - (uint32_t)((yb & 0x7fffffffu) > 0x3a83126fu); /* |y| > 1e-3 */
+            float sg = select_bits(big, o[i] / select_bits(big, y, 1.0f), 0.5f + 0.25f * y);
+            dy[i] = d[i] * sg * (1.0f + y * (1.0f - sg));
+        }
+    } else {
+        for (int i = 0; i < len; i++) {
+            float y = (x[i] - mean) * sc + be;
+            float sg = 1.0f / (1.0f + vexpf(-y));
+            dy[i] = d[i] * sg * (1.0f + y * (1.0f - sg));
+        }
+    }
+}
+
+/* *sdx = sum dy (x - mean), *sd = sum dy over len floats, in 16 partial sums (vectorised) */
+static void gn_channel_sums(const float *dy, const float *x, int len, float mean, float *sdx, float *sd)
+{
+    float lx[16] = {0}, ld[16] = {0};
+    int i = 0;
+    for (; i + 16 <= len; i += 16)
+        for (int l = 0; l < 16; l++) {
+            lx[l] += dy[i + l] * (x[i + l] - mean);
+            ld[l] += dy[i + l];
+        }
+    float a = 0.0f, b = 0.0f;
+    for (; i < len; i++) {
+        a += dy[i] * (x[i] - mean);
+        b += dy[i];
+    }
+    for (int l = 0; l < 16; l++) {
+        a += lx[l];
+        b += ld[l];
+    }
+    *sdx = a;
+    *sd = b;
 }
 
 void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
                         const float *out, const float *gamma, const float *beta, int B, int C, int HW,
                         int groups, float eps, int silu)
 {
-    // As groupnorm_backward_naive, in one task per (item, group): dy computed once (kept in a per-thread
-    // buffer for the dx pass), per-(item, channel) sums for dgamma / dbeta added up afterwards in item
-    // order: no atomics, the same result for any thread count.
+    // As groupnorm_backward_naive, in one task per (item, group): statistics as the forward's, dy computed
+    // once per element (into a per-thread buffer with the SiLU), then dx in one pass; per-(item, channel)
+    // sums for dgamma / dbeta added up afterwards in item order: no atomics, the same result for any
+    // thread count. With xhat = (x - mean) rstd and dxhat = dy gamma:
+    // dx += rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) = dy a + (x - mean) b + c per channel.
     if (groups <= 0 || C % groups || B <= 0)
         return;
     int cg = C / groups;
     int64_t n = (int64_t)cg * HW;
-    float *part = malloc((size_t)B * C * 2 * sizeof(float)); /* (item, channel): sum dy xhat, sum dy */
-    if (!part) {
+    int big = (int64_t)B * C * HW > 32768, nt = big ? max_threads() : 1;
+    float *part = cpu_scratch(0, (size_t)B * C * 2 * sizeof(float)); /* (item, channel): sum dy xhat, dy */
+    float *dyall = silu ? cpu_scratch(1, (size_t)nt * n * sizeof(float)) : NULL; /* n per thread */
+    if (!part || (silu && !dyall)) {
         groupnorm_backward_naive(dinp, dgamma, dbeta, dout, inp, gamma, beta, B, C, HW, groups, eps, silu);
         return;
     }
-#pragma omp parallel if ((int64_t)B * C * HW > 32768)
-    {
-        float *dyb = malloc((size_t)n * sizeof(float)); /* NULL: dy is recomputed in the dx pass */
-#pragma omp for schedule(static)
-        for (int64_t bg = 0; bg < (int64_t)B * groups; bg++) {
-            int bi = (int)(bg / groups), g = (int)(bg % groups);
-            size_t base = (size_t)bg * n;
-            float mean, rstd;
-            gn_stats(inp + base, n, eps, &mean, &rstd);
-            double s1 = 0.0, s2 = 0.0; /* sum dxhat, sum dxhat xhat */
-            for (int c = 0; c < cg; c++) {
-                int ch = g * cg + c;
-                float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
-                const float *x = inp + base + (size_t)c * HW, *d = dout + base + (size_t)c * HW;
-                float pg = 0.0f, pb = 0.0f;
-                if (dyb && silu && out) { /* dy without exp, then the sums */
-                    const float *o = out + base + (size_t)c * HW;
-                    float *dyc = dyb + (size_t)c * HW, sc = rstd * ga;
-                    for (int i = 0; i < HW; i++) {
-                        float y = (x[i] - mean) * sc + be; /* as groupnorm_forward */
-                        float sg = sigmoid_from_silu(o[i], y);
-                        dyc[i] = d[i] * sg * (1.0f + y * (1.0f - sg));
-                    }
-                    for (int i = 0; i < HW; i++) {
-                        pg += dyc[i] * ((x[i] - mean) * rstd);
-                        pb += dyc[i];
-                    }
-                } else {
-                    for (int i = 0; i < HW; i++) {
-                        float xh = (x[i] - mean) * rstd;
-                        float dy = silu ? d[i] * silu_grad(xh * ga + be) : d[i];
-                        if (dyb)
-                            dyb[(size_t)c * HW + i] = dy;
-                        pg += dy * xh;
-                        pb += dy;
-                    }
-                }
-                part[2 * ((size_t)bi * C + ch)] = pg;
-                part[2 * ((size_t)bi * C + ch) + 1] = pb;
-                s1 += (double)pb * ga;
-                s2 += (double)pg * ga;
+#pragma omp parallel for schedule(static) num_threads(nt) if (big)
+    for (int64_t bg = 0; bg < (int64_t)B * groups; bg++) {
+        int bi = (int)(bg / groups), g = (int)(bg % groups);
+        size_t base = (size_t)bg * n;
+        float *dyb = silu ? dyall + (size_t)thread_num() * n : NULL;
+        float mean, rstd;
+        groupnorm_stats(&mean, &rstd, inp + base, n, eps);
+        double s1 = 0.0, s2 = 0.0; /* sum dxhat, sum dxhat xhat */
+        for (int c = 0; c < cg; c++) {
+            int ch = g * cg + c;
+            float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
+            size_t off = base + (size_t)c * HW;
+            const float *x = inp + off, *dy = dout + off;
+            if (silu) {
+                gn_silu_dy(dyb + (size_t)c * HW, dy, x, out ? out + off : NULL, HW, mean, rstd * ga, be);
+                dy = dyb + (size_t)c * HW;
             }
-            if (!dinp)
-                continue;
-            float m1 = (float)(s1 / (double)n), m2 = (float)(s2 / (double)n);
-            for (int c = 0; c < cg; c++) {
-                int ch = g * cg + c;
-                float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
-                const float *x = inp + base + (size_t)c * HW, *d = dout + base + (size_t)c * HW;
-                float *dx = dinp + base + (size_t)c * HW;
-                for (int i = 0; i < HW; i++) {
-                    float xh = (x[i] - mean) * rstd;
-                    float dy = dyb ? dyb[(size_t)c * HW + i] : silu ? d[i] * silu_grad(xh * ga + be) : d[i];
-                    dx[i] += rstd * (dy * ga - m1 - xh * m2);
-                }
-            }
+            float pg, pb;
+            gn_channel_sums(dy, x, HW, mean, &pg, &pb);
+            pg *= rstd;
+            part[2 * ((size_t)bi * C + ch)] = pg;
+            part[2 * ((size_t)bi * C + ch) + 1] = pb;
+            s1 += (double)pb * ga;
+            s2 += (double)pg * ga;
         }
-        free(dyb);
+        if (!dinp)
+            continue;
+        float m1 = (float)(s1 / (double)n), m2 = (float)(s2 / (double)n);
+        for (int c = 0; c < cg; c++) {
+            int ch = g * cg + c;
+            float ga = gamma ? gamma[ch] : 1.0f;
+            size_t off = base + (size_t)c * HW;
+            const float *x = inp + off, *dy = silu ? dyb + (size_t)c * HW : dout + off;
+            float *dx = dinp + off;
+            float a = rstd * ga, b = -rstd * rstd * m2, c0 = -rstd * m1;
+            for (int i = 0; i < HW; i++)
+                dx[i] += dy[i] * a + ((x[i] - mean) * b + c0);
+        }
     }
     for (int c = 0; c < C; c++) {
         float sg = 0.0f, sb = 0.0f;
@@ -569,7 +612,6 @@ void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *d
         if (dbeta)
             dbeta[c] += sb;
     }
-    free(part);
 }
 
 /* ---- attention -------------------------------------------------------------------------------- */
@@ -627,21 +669,70 @@ void attention_backward_naive(float *dq, float *dk, float *dv, const float *dout
     }
 }
 
+/* The largest of p[0 .. n-1], n >= 1 (NaN when one is): the maximum of order-preserving unsigned keys of
+ * the floats, which vectorises (a running float maximum does not). */
+static float max_of(const float *p, int n)
+{
+    uint32_t m = 0;
+    for (int j = 0; j < n; j++) {
+        uint32_t u;
+        memcpy(&u, &p[j], sizeof u);
+        u ^= ((0u - (u >> 31)) >> 1) ^ 0x80000000u; /* negatives: magnitude bits flipped; sign bit flipped */
+        m = u > m ? u : m;
+    }
+    m ^= 0x80000000u;
+    m ^= (0u - (m >> 31)) >> 1;
+    float mx;
+    memcpy(&mx, &m, sizeof mx);
+    return mx;
+}
+
+/* p[j] = e^(p[j] - shift) for j < n (vexpf), returning their sum (16 partial sums: vectorised). */
+static float exp_shifted_sum(float *p, int n, float shift)
+{
+    float lane[16] = {0};
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int l = 0; l < 16; l++) {
+            float e = vexpf(p[j + l] - shift);
+            p[j + l] = e;
+            lane[l] += e;
+        }
+    float z = 0.0f;
+    for (; j < n; j++) {
+        p[j] = vexpf(p[j] - shift);
+        z += p[j];
+    }
+    for (int l = 0; l < 16; l++)
+        z += lane[l];
+    return z;
+}
+
 /* softmax of each of the n rows of p (n x n), in place */
 static void softmax_rows(float *P, int n)
 {
     for (int i = 0; i < n; i++) {
-        float *p = P + (size_t)i * n, mx = p[0], z = 0.0f;
-        for (int j = 1; j < n; j++)
-            mx = p[j] > mx ? p[j] : mx;
-        for (int j = 0; j < n; j++) {
-            p[j] = expf(p[j] - mx);
-            z += p[j];
-        }
-        float inv = 1.0f / z;
+        float *p = P + (size_t)i * n;
+        float z = exp_shifted_sum(p, n, max_of(p, n)), inv = 1.0f / z;
         for (int j = 0; j < n; j++)
             p[j] *= inv;
     }
+}
+
+/* sum of a[j] b[j] for j < n with 16 partial sums (vectorised) */
+static float dot16(const float *a, const float *b, int n)
+{
+    float lane[16] = {0};
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int l = 0; l < 16; l++)
+            lane[l] += a[j + l] * b[j + l];
+    float s = 0.0f;
+    for (; j < n; j++)
+        s += a[j] * b[j];
+    for (int l = 0; l < 16; l++)
+        s += lane[l];
+    return s;
 }
 
 void attention_forward_gemm(float *out, const float *q, const float *k, const float *v, int B, int C, int HW,
@@ -655,7 +746,7 @@ void attention_forward_gemm(float *out, const float *q, const float *k, const fl
     int64_t tasks = (int64_t)B * heads;
 #pragma omp parallel if (tasks > 1 && tasks * HW * HW * d > 65536)
     {
-        float *P = malloc((size_t)HW * HW * sizeof(float));
+        float *P = cpu_scratch(0, (size_t)HW * HW * sizeof(float));
 #pragma omp for schedule(dynamic)
         for (int64_t bh = 0; bh < tasks; bh++) {
             size_t off = (size_t)bh * d * HW;
@@ -667,7 +758,6 @@ void attention_forward_gemm(float *out, const float *q, const float *k, const fl
             softmax_rows(P, HW);
             cpu_sgemm(0, 1, d, HW, HW, 1.0f, v + off, HW, P, HW, 0.0f, out + off, HW);
         }
-        free(P);
     }
 }
 
@@ -677,7 +767,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
     // dq dk dv dout q k v (B,C,HW); per head h (channels h*d ..), with Q, K, V, dO its (d, HW) blocks:
     // P = softmax_rows(sc Q^T K); dV += dO P; dP = dO^T V; dS = P (dP - rowsum(P dP)) sc;
     // dQ += K dS^T; dK += Q dS. One (item, head) per task, each writing only its own blocks; the GEMMs
-    // inside run on the task's thread. Scratch: two HW x HW matrices per thread.
+    // inside run on the task's thread. Scratch: two HW x HW matrices per thread (cpu_scratch slots 0, 1).
     if (heads <= 0 || C % heads || HW <= 0 || B <= 0)
         return;
     int d = C / heads;
@@ -685,8 +775,8 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
     int64_t tasks = (int64_t)B * heads;
 #pragma omp parallel if (tasks > 1 && tasks * HW * HW * d > 65536)
     {
-        float *P = malloc((size_t)HW * HW * sizeof(float));
-        float *dP = malloc((size_t)HW * HW * sizeof(float));
+        float *P = cpu_scratch(0, (size_t)HW * HW * sizeof(float));
+        float *dP = cpu_scratch(1, (size_t)HW * HW * sizeof(float));
 #pragma omp for schedule(dynamic)
         for (int64_t bh = 0; bh < tasks; bh++) {
             size_t off = (size_t)bh * d * HW;
@@ -706,9 +796,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
             for (int i = 0; i < HW; i++) {
                 const float *p = P + (size_t)i * HW;
                 float *dp = dP + (size_t)i * HW;
-                float D = 0.0f;
-                for (int j = 0; j < HW; j++)
-                    D += p[j] * dp[j];
+                float D = dot16(p, dp, HW);
                 for (int j = 0; j < HW; j++)
                     dp[j] = p[j] * (dp[j] - D) * sc; /* dS */
             }
@@ -717,8 +805,6 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
             if (dk)
                 cpu_sgemm(0, 0, d, HW, HW, 1.0f, qh, HW, dP, HW, 1.0f, dk + off, HW);
         }
-        free(P);
-        free(dP);
     }
 }
 
