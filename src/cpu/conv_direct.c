@@ -263,6 +263,8 @@ static int dconv_forward(const dconv_isa *isa, float *out, const float *x, const
 static int dconv_dweight(const dconv_isa *isa, float *dw, const float *dout, const float *x, float scale,
                          int B, int Ci, int H, int W, int Co, int k, int pt, int pl, int pb, int pr)
 {
+    if (k == 3 && dconv_winograd_dweight(isa, dw, dout, x, scale, B, Ci, H, W, Co, pt, pl, pb, pr))
+        return 1;
     int VL = isa->vl, WR = isa->wr, kk = k * k, K = Ci * kk;
     dconv_geom g = dconv_geometry(Ci, H, W, k, pt, pl, pb, pr, VL);
     size_t per_image = (size_t)Ci * g.cs + (size_t)Co * g.qp;

@@ -41,4 +41,9 @@ int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float
                    const float *bias, const float *temb, const float *res, float scale, int accumulate, int B,
                    int Ci, int H, int W, int Co, int pt, int pl, int pb, int pr);
 
+/* The 3x3 weight gradient by the same transform (conv_winograd.c), contract of conv_direct.c's dconv_dweight.
+ */
+int dconv_winograd_dweight(const dconv_isa *isa, float *dw, const float *dout, const float *x, float scale,
+                           int B, int Ci, int H, int W, int Co, int pt, int pl, int pb, int pr);
+
 #endif

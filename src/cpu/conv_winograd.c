@@ -218,6 +218,136 @@ int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float
     return 1;
 }
 
+/* Output channel co of one image's dout (Ho, Wo) to Z[xi * zplane + t0 + tile] = (A dY A^T)[xi] of its 2x2
+ * tiles (zero past the image): the weight gradient's transform of the output gradient. */
+__attribute__((target("avx512f"))) static void
+wino_grad_output(float *Z, size_t zplane, size_t t0, const float *dout, int Ho, int Wo, int th, int tw)
+{
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    for (int ty = 0; ty < th; ty++)
+        for (int tx0 = 0; tx0 < tw; tx0 += 16) {
+            int ncol = Wo - 2 * tx0 < 32 ? Wo - 2 * tx0 : 32;
+            __mmask16 m0 = lanes(ncol), m1 = lanes(ncol - 16 > 0 ? ncol - 16 : 0);
+            __m512 y[2][2];
+            for (int i = 0; i < 2; i++) {
+                __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps();
+                if (2 * ty + i < Ho) {
+                    const float *row = dout + (size_t)(2 * ty + i) * Wo + 2 * tx0;
+                    a = _mm512_maskz_loadu_ps(m0, row);
+                    b = _mm512_maskz_loadu_ps(m1, row + 16);
+                }
+                y[i][0] = _mm512_permutex2var_ps(a, ev, b);
+                y[i][1] = _mm512_permutex2var_ps(a, od, b);
+            }
+            __m512 r[4][2]; /* A dY */
+            for (int j = 0; j < 2; j++) {
+                r[0][j] = y[0][j];
+                r[1][j] = _mm512_add_ps(y[0][j], y[1][j]);
+                r[2][j] = _mm512_sub_ps(y[0][j], y[1][j]);
+                r[3][j] = _mm512_sub_ps(_mm512_setzero_ps(), y[1][j]);
+            }
+            __mmask16 m = lanes(tw - tx0);
+            float *z = Z + t0 + (size_t)ty * tw + tx0;
+            for (int i = 0; i < 4; i++) { /* (A dY) A^T */
+                float *zi = z + (size_t)(4 * i) * zplane;
+                _mm512_mask_storeu_ps(zi, m, r[i][0]);
+                _mm512_mask_storeu_ps(zi + zplane, m, _mm512_add_ps(r[i][0], r[i][1]));
+                _mm512_mask_storeu_ps(zi + 2 * zplane, m, _mm512_sub_ps(r[i][0], r[i][1]));
+                _mm512_mask_storeu_ps(zi + 3 * zplane, m, _mm512_sub_ps(_mm512_setzero_ps(), r[i][1]));
+            }
+        }
+}
+
+/* dw (Co, Ci, 3, 3) += scale * G^T dU G with dU[xi][co][ci] = sum over tiles of (A dY A^T)[xi] (B^T d B)[xi]:
+ * the gradient of the forward above, its 16 tile sums on conv_direct's weight-gradient kernel. Same contract
+ * as conv_direct.c's dconv_dweight: returns 0 when it did nothing. */
+int dconv_winograd_dweight(const dconv_isa *isa, float *dw, const float *dout, const float *x, float scale,
+                           int B, int Ci, int H, int W, int Co, int pt, int pl, int pb, int pr)
+{
+    const char *env = getenv("DDPM_CPU_SIMD");
+    if (isa->vl != 16 || Ci < WINO_MIN_CHANNELS || Co < WINO_MIN_CHANNELS ||
+        (env && strcmp(env, "direct") == 0))
+        return 0;
+    enum { WM = 9 }; /* input streams per weight-gradient kernel call */
+    int WR = isa->wr;
+    dconv_geom g = dconv_geometry(Ci, H, W, 3, pt, pl, pb, pr, 16);
+    int th = (g.Ho + 1) / 2, tw = (g.Wo + 1) / 2, T = th * tw;
+    size_t need = (size_t)(2 * th + 2) * g.Wp + (size_t)(2 * tw + 48) + (size_t)g.shift;
+    g.cs = g.cs > need ? g.cs : need;
+    int group = (WINO_GROUP_TILES + T - 1) / T;
+    group = group > B ? B : group;
+    size_t tpad = ((size_t)group * T + 15) / 16 * 16;
+    size_t vplane = (size_t)Ci * tpad, zplane = (size_t)Co * tpad;
+    float *V = cpu_scratch(0, (size_t)16 * vplane * sizeof(float));
+    float *Z = cpu_scratch(1, (size_t)16 * zplane * sizeof(float));
+    float *dU = cpu_scratch(2, (size_t)16 * Co * Ci * sizeof(float));
+    float *xp = cpu_scratch(3, (size_t)Ci * g.cs * sizeof(float));
+    if (!V || !Z || !dU || !xp)
+        return 0;
+    memset(dU, 0, (size_t)16 * Co * Ci * sizeof(float));
+    int serial = dconv_in_parallel() || (int64_t)Co * Ci * 16 * T * B < DCONV_PARALLEL_MIN;
+    int HWo = g.Ho * g.Wo, ncb = (Co + WR - 1) / WR, nchunk = (Ci + WM - 1) / WM;
+    for (int b0 = 0; b0 < B; b0 += group) {
+        int nb = B - b0 < group ? B - b0 : group;
+        size_t nt = (size_t)nb * T, nv = (nt + 15) / 16;
+        for (int bi = 0; bi < nb; bi++) {
+            const float *xb = x + (size_t)(b0 + bi) * Ci * H * W;
+#pragma omp parallel for if (!serial)
+            for (int c = 0; c < Ci; c++) {
+                dconv_pad(xp, xb, &g, c, c + 1);
+                wino_input(V, vplane, tpad, (size_t)bi * T, xp, &g, th, tw, c, c + 1);
+            }
+        }
+#pragma omp parallel for collapse(2) if (!serial)
+        for (int bi = 0; bi < nb; bi++)
+            for (int co = 0; co < Co; co++)
+                wino_grad_output(Z + (size_t)co * tpad, zplane, (size_t)bi * T,
+                                 dout + ((size_t)(b0 + bi) * Co + co) * HWo, g.Ho, g.Wo, th, tw);
+        /* tiles past the group's add nothing: zero in both factors */
+        for (size_t r = 0; r < (size_t)16 * Ci; r++)
+            memset(V + r * tpad + nt, 0, (nv * 16 - nt) * sizeof(float));
+        for (size_t r = 0; r < (size_t)16 * Co; r++)
+            memset(Z + r * tpad + nt, 0, (nv * 16 - nt) * sizeof(float));
+#pragma omp parallel for schedule(dynamic) if (!serial)
+        for (int task = 0; task < 16 * ncb; task++) {
+            int xi = task / ncb, cb = task % ncb;
+            const float *grow[8];
+            size_t xoff[WM];
+            float sums[8 * WM];
+            for (int r = 0; r < WR; r++) /* rows past Co repeat row cb * WR; their sums are dropped */
+                grow[r] = Z + (size_t)xi * zplane + (size_t)(cb * WR + r < Co ? cb * WR + r : cb * WR) * tpad;
+            for (int c = 0; c < nchunk; c++) {
+                for (int m = 0; m < WM; m++)
+                    xoff[m] = (size_t)(c * WM + m < Ci ? c * WM + m : 0) * tpad;
+                isa->dw(grow, V + (size_t)xi * vplane, xoff, 1, 0, 0, (int)nv, sums);
+                for (int r = 0; r < WR && cb * WR + r < Co; r++)
+                    for (int m = 0; m < WM && c * WM + m < Ci; m++)
+                        dU[((size_t)xi * Co + cb * WR + r) * Ci + c * WM + m] += sums[r * WM + m];
+            }
+        }
+    }
+#pragma omp parallel for if (!serial)
+    for (int co = 0; co < Co; co++)
+        for (int ci = 0; ci < Ci; ci++) {
+            float u[4][4], t[3][4];
+            for (int xi = 0; xi < 16; xi++)
+                u[xi / 4][xi % 4] = dU[((size_t)xi * Co + co) * Ci + ci];
+            for (int j = 0; j < 4; j++) { /* G^T dU */
+                t[0][j] = u[0][j] + 0.5f * (u[1][j] + u[2][j]);
+                t[1][j] = 0.5f * (u[1][j] - u[2][j]);
+                t[2][j] = 0.5f * (u[1][j] + u[2][j]) + u[3][j];
+            }
+            float *d = dw + ((size_t)co * Ci + ci) * 9;
+            for (int i = 0; i < 3; i++) { /* (G^T dU) G */
+                d[i * 3 + 0] += scale * (t[i][0] + 0.5f * (t[i][1] + t[i][2]));
+                d[i * 3 + 1] += scale * (0.5f * (t[i][1] - t[i][2]));
+                d[i * 3 + 2] += scale * (0.5f * (t[i][1] + t[i][2]) + t[i][3]);
+            }
+        }
+    return 1;
+}
+
 #else
 typedef int dconv_winograd_unused; /* not an empty translation unit */
 #endif
