@@ -353,8 +353,9 @@ static void test_conv_direct(void)
         test_conv_direct_case(simd[s], 1, 2, 6, 5, 4, 5, 2, 1, 0, 3);
         test_conv_direct_case(simd[s], 2, 4, 28, 28, 9, 3, 1, 1, 1, 1);
         test_conv_direct_case(simd[s], 5, 17, 7, 7, 10, 3, 1, 1, 1, 1);
-        test_conv_direct_case(simd[s], 2, 3, 4, 5, 2, 1, 1, 2, 0, 1); /* padding past k - 1 */
-        test_conv_direct_case(simd[s], 3, 8, 14, 14, 8, 3, 1, 1, 1, 1);
+        test_conv_direct_case(simd[s], 2, 3, 4, 5, 2, 1, 1, 2, 0, 1);   /* padding past k - 1 */
+        test_conv_direct_case(simd[s], 3, 8, 14, 14, 8, 3, 1, 1, 1, 1); /* Winograd: tile rows in pairs */
+        test_conv_direct_case(simd[s], 2, 8, 28, 28, 9, 3, 1, 1, 1, 1); /* one tile row per vector */
         test_conv_direct_case(simd[s], 2, 9, 5, 37, 11, 3, 1, 1, 1, 1); /* tile rows of 19: two vectors */
         test_conv_direct_case(simd[s], 13, 8, 7, 7, 12, 3, 0, 1, 2, 0); /* 16 tiles per image, groups of 12 */
     }

@@ -60,29 +60,88 @@ static __mmask16 lanes(int n)
     return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
 }
 
-/* V[xi * vplane + ci * tpad + t0 + ty * tw + tx] = (B^T d B)[xi] of tile (ty, tx) for channels c0 .. c1 - 1
- * of one padded image xp (conv_direct's grid: patch row i of the tile starts at (2 ty + i) Wp + 2 tx +
- * shift). */
-__attribute__((target("avx512f"))) static void wino_input(float *V, size_t vplane, size_t tpad, size_t t0,
-                                                          const float *xp, const dconv_geom *g, int th,
-                                                          int tw, int c0, int c1)
+/* 16 floats of row y of a (H, W) plane from column c on, zero outside the plane (masked lanes are not
+ * read, so the address may lie before the row). */
+/* The lanes of a 16-float load from column c of a row of W floats that fall inside the row. */
+static __mmask16 col_mask(int W, int c)
 {
-    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    int lo = c < 0 ? -c : 0, hi = W - c < 16 ? W - c : 16;
+    return hi <= lo ? 0 : (__mmask16)(lanes(hi) & ~lanes(lo));
+}
+
+/* 16 floats of row y of a (H, W) plane from column c on, the lanes of m (col_mask) only, zero elsewhere and
+ * outside the plane (masked lanes are not read, so the address may lie before the row). */
+__attribute__((target("avx512f"))) static inline __m512 row16(const float *x, int H, int W, int y, int c,
+                                                              __mmask16 m)
+{
+    if (y < 0 || y >= H || !m)
+        return _mm512_setzero_ps();
+    return _mm512_maskz_loadu_ps(
+        m, (const float *)((uintptr_t)(x + (size_t)y * W) + (uintptr_t)(intptr_t)c * 4));
+}
+
+/* How the tiles of one vector map to the image: either 16 tiles of one tile row (wide images), or two whole
+ * tile rows side by side when they fit (tw <= 8: lanes tw .. 2 tw - 1 hold the second row), so small images
+ * keep the lanes busy. Lane l's even column comes from a[ev[l]] or b[ev[l] - 16] of two 16-float loads. */
+typedef struct wino_lanes {
+    __m512i ev, od; /* even and odd columns of the two loads */
+    __m512i ia, ib; /* interleave y0/y1 of the first / second tile row back into output columns */
+    int pair;       /* two tile rows per vector */
+} wino_lanes;
+
+__attribute__((target("avx512f"))) static wino_lanes wino_lanes_for(int tw)
+{
+    int ev[16], od[16], ia[16], ib[16];
+    int pair = tw <= 8;
+    for (int l = 0; l < 16; l++) {
+        int src = pair && l >= tw ? 16 + 2 * (l - tw) : 2 * l; /* pair: lane l >= tw reads the second load */
+        ev[l] = src & 31;
+        od[l] = (src + 1) & 31;
+        ia[l] = (l & 1 ? 16 : 0) + l / 2;
+        ib[l] = ((l & 1 ? 16 : 0) + (pair ? tw : 8) + l / 2) & 31;
+    }
+    wino_lanes w = {_mm512_loadu_si512(ev), _mm512_loadu_si512(od), _mm512_loadu_si512(ia),
+                    _mm512_loadu_si512(ib), pair};
+    return w;
+}
+
+/* d[i][j] of a vector of tiles: column offset j of rows i = 0..3 of a (H, W) plane; rows ya + i and yb + i,
+ * columns from ca and cb (see wino_lanes). */
+__attribute__((target("avx512f"))) static inline void
+wino_patch(__m512 d[4][4], const float *x, int H, int W, int ya, int ca, int yb, int cb, const wino_lanes *L)
+{
+    __mmask16 ma = col_mask(W, ca), ma2 = col_mask(W, ca + 2), mb = col_mask(W, cb),
+              mb2 = col_mask(W, cb + 2);
+    for (int i = 0; i < 4; i++) {
+        __m512 a = row16(x, H, W, ya + i, ca, ma), b = row16(x, H, W, yb + i, cb, mb);
+        __m512 a2 = row16(x, H, W, ya + i, ca + 2, ma2), b2 = row16(x, H, W, yb + i, cb + 2, mb2);
+        d[i][0] = _mm512_permutex2var_ps(a, L->ev, b);
+        d[i][1] = _mm512_permutex2var_ps(a, L->od, b);
+        d[i][2] = _mm512_permutex2var_ps(a2, L->ev, b2);
+        d[i][3] = _mm512_permutex2var_ps(a2, L->od, b2);
+    }
+}
+
+/* V[xi * vplane + ci * tpad + t0 + ty * tw + tx] = (B^T d B)[xi] of tile (ty, tx) for channels c0 .. c1 - 1
+ * of one image x (C, H, W); the patch of tile (ty, tx) starts at pixel (2 ty - pt, 2 tx - pl), zero outside.
+ */
+__attribute__((target("avx512f"))) static void wino_input(float *V, size_t vplane, size_t tpad, size_t t0,
+                                                          const float *x, int H, int W, int pt, int pl,
+                                                          int th, int tw, int c0, int c1)
+{
+    wino_lanes L = wino_lanes_for(tw);
     for (int ci = c0; ci < c1; ci++) {
-        const float *xc = xp + (size_t)ci * g->cs + g->shift;
+        const float *xc = x + (size_t)ci * H * W;
         float *vc = V + (size_t)ci * tpad + t0;
-        for (int ty = 0; ty < th; ty++)
+        for (int ty = 0; ty < th; ty += L.pair ? 2 : 1)
             for (int tx0 = 0; tx0 < tw; tx0 += 16) {
                 __m512 d[4][4], t[4][4];
-                for (int i = 0; i < 4; i++) {
-                    const float *row = xc + (size_t)(2 * ty + i) * g->Wp + 2 * tx0;
-                    __m512 a = _mm512_loadu_ps(row), b = _mm512_loadu_ps(row + 16);
-                    __m512 a2 = _mm512_loadu_ps(row + 2), b2 = _mm512_loadu_ps(row + 18);
-                    d[i][0] = _mm512_permutex2var_ps(a, ev, b); /* columns 2 tx */
-                    d[i][1] = _mm512_permutex2var_ps(a, od, b); /* 2 tx + 1 */
-                    d[i][2] = _mm512_permutex2var_ps(a2, ev, b2);
-                    d[i][3] = _mm512_permutex2var_ps(a2, od, b2);
+                int n = tw - tx0 < 16 ? tw - tx0 : 16;
+                if (L.pair) {
+                    wino_patch(d, xc, H, W, 2 * ty - pt, -pl, 2 * ty + 2 - pt, -pl, &L);
+                    n = ty + 1 < th ? 2 * tw : tw;
+                } else {
+                    wino_patch(d, xc, H, W, 2 * ty - pt, 2 * tx0 - pl, 2 * ty - pt, 2 * tx0 + 16 - pl, &L);
                 }
                 for (int j = 0; j < 4; j++) { /* B^T d */
                     t[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
@@ -90,7 +149,7 @@ __attribute__((target("avx512f"))) static void wino_input(float *V, size_t vplan
                     t[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
                     t[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
                 }
-                __mmask16 m = lanes(tw - tx0);
+                __mmask16 m = lanes(n);
                 float *v = vc + (size_t)ty * tw + tx0;
                 for (int i = 0; i < 4; i++) { /* (B^T d) B */
                     float *vi = v + (size_t)(4 * i) * vplane;
@@ -121,10 +180,9 @@ __attribute__((target("avx512f"))) static void wino_output(float *out, const flo
                                                            size_t mplane, size_t t0, int Ho, int Wo, int th,
                                                            int tw, float add, float scale, int accumulate)
 {
-    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    wino_lanes L = wino_lanes_for(tw);
     __m512 vadd = _mm512_set1_ps(add), vscale = _mm512_set1_ps(scale);
-    for (int ty = 0; ty < th; ty++)
+    for (int ty = 0; ty < th; ty += L.pair ? 2 : 1)
         for (int tx0 = 0; tx0 < tw; tx0 += 16) {
             const float *mt = M + t0 + (size_t)ty * tw + tx0;
             __m512 m[16], s[2][4];
@@ -134,17 +192,23 @@ __attribute__((target("avx512f"))) static void wino_output(float *out, const flo
                 s[0][j] = _mm512_add_ps(_mm512_add_ps(m[j], m[4 + j]), m[8 + j]);
                 s[1][j] = _mm512_sub_ps(_mm512_sub_ps(m[4 + j], m[8 + j]), m[12 + j]);
             }
-            int ncol = Wo - 2 * tx0 < 32 ? Wo - 2 * tx0 : 32;
-            __mmask16 m0 = lanes(ncol), m1 = lanes(ncol - 16 > 0 ? ncol - 16 : 0);
-            for (int i = 0; i < 2 && 2 * ty + i < Ho; i++) { /* (A^T M) A, columns interleaved back */
+            for (int i = 0; i < 2; i++) { /* (A^T M) A, columns interleaved back into output rows */
                 __m512 y0 = _mm512_add_ps(_mm512_add_ps(s[i][0], s[i][1]), s[i][2]);
                 __m512 y1 = _mm512_sub_ps(_mm512_sub_ps(s[i][1], s[i][2]), s[i][3]);
-                size_t e = (size_t)(2 * ty + i) * Wo + 2 * tx0;
-                const float *r = res ? res + e : NULL;
-                wino_store(out + e, r, _mm512_permutex2var_ps(y0, lo, y1), vadd, vscale, accumulate, m0);
-                if (m1)
-                    wino_store(out + e + 16, r ? r + 16 : NULL, _mm512_permutex2var_ps(y0, hi, y1), vadd,
-                               vscale, accumulate, m1);
+                /* the vector's first 16 output columns (of tile row ty), then the next 16: of the same tile
+                 * row, or with pair of the tile row below */
+                int oy0 = 2 * ty + i, oy1 = L.pair ? oy0 + 2 : oy0, c0 = 2 * tx0, c1 = L.pair ? 0 : c0 + 16;
+                int n0 = Wo - c0 < 16 ? Wo - c0 : 16, n1 = Wo - c1 < 16 ? Wo - c1 : 16;
+                if (oy0 < Ho) {
+                    size_t e = (size_t)oy0 * Wo + c0;
+                    wino_store(out + e, res ? res + e : NULL, _mm512_permutex2var_ps(y0, L.ia, y1), vadd,
+                               vscale, accumulate, lanes(n0));
+                }
+                if (oy1 < Ho && n1 > 0 && (!L.pair || ty + 1 < th)) {
+                    size_t e = (size_t)oy1 * Wo + c1;
+                    wino_store(out + e, res ? res + e : NULL, _mm512_permutex2var_ps(y0, L.ib, y1), vadd,
+                               vscale, accumulate, lanes(n1));
+                }
             }
         }
 }
@@ -160,9 +224,6 @@ int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float
     int FR = isa->fr, PX = isa->fp * isa->vl;
     dconv_geom g = dconv_geometry(Ci, H, W, 3, pt, pl, pb, pr, PX);
     int th = (g.Ho + 1) / 2, tw = (g.Wo + 1) / 2, T = th * tw;
-    /* the input transform reads 4 patch rows and 34 columns past each tile row's start */
-    size_t need = (size_t)(2 * th + 2) * g.Wp + (size_t)(2 * tw + 48) + (size_t)g.shift;
-    g.cs = g.cs > need ? g.cs : need;
     int group = (WINO_GROUP_TILES + T - 1) / T;
     group = group > B ? B : group;
     size_t tpad = ((size_t)group * T + PX - 1) / PX * PX;
@@ -172,8 +233,7 @@ int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float
     float *V = cpu_scratch(1, (size_t)16 * vplane * sizeof(float));
     /* 16 floats of slack for the output transform's full-vector reads past the last tile */
     float *M = cpu_scratch(2, ((size_t)16 * mplane + 16) * sizeof(float));
-    float *xp = cpu_scratch(3, (size_t)Ci * g.cs * sizeof(float));
-    if (!U || !V || !M || !xp)
+    if (!U || !V || !M)
         return 0;
     memset(M + (size_t)16 * mplane, 0, 16 * sizeof(float));
     wino_weights(U, w, flip, Ci, Co, FR, ncb);
@@ -185,10 +245,8 @@ int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float
         for (int bi = 0; bi < nb; bi++) {
             const float *xb = x + (size_t)(b0 + bi) * Ci * H * W;
 #pragma omp parallel for if (!serial)
-            for (int c = 0; c < Ci; c++) {
-                dconv_pad(xp, xb, &g, c, c + 1);
-                wino_input(V, vplane, tpad, (size_t)bi * T, xp, &g, th, tw, c, c + 1);
-            }
+            for (int c = 0; c < Ci; c++)
+                wino_input(V, vplane, tpad, (size_t)bi * T, xb, H, W, pt, pl, th, tw, c, c + 1);
         }
         int nq = (nb * T + PX - 1) / PX * PX;
         /* zero what the products read past the group's tiles and what the output transform reads past the
@@ -223,22 +281,22 @@ int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float
 __attribute__((target("avx512f"))) static void
 wino_grad_output(float *Z, size_t zplane, size_t t0, const float *dout, int Ho, int Wo, int th, int tw)
 {
-    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    for (int ty = 0; ty < th; ty++)
+    wino_lanes L = wino_lanes_for(tw);
+    for (int ty = 0; ty < th; ty += L.pair ? 2 : 1)
         for (int tx0 = 0; tx0 < tw; tx0 += 16) {
-            int ncol = Wo - 2 * tx0 < 32 ? Wo - 2 * tx0 : 32;
-            __mmask16 m0 = lanes(ncol), m1 = lanes(ncol - 16 > 0 ? ncol - 16 : 0);
+            int n = tw - tx0 < 16 ? tw - tx0 : 16;
+            int yb = 2 * ty, cb = 2 * tx0 + 16;
+            if (L.pair) {
+                n = ty + 1 < th ? 2 * tw : tw;
+                yb = 2 * ty + 2;
+                cb = 0;
+            }
             __m512 y[2][2];
             for (int i = 0; i < 2; i++) {
-                __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps();
-                if (2 * ty + i < Ho) {
-                    const float *row = dout + (size_t)(2 * ty + i) * Wo + 2 * tx0;
-                    a = _mm512_maskz_loadu_ps(m0, row);
-                    b = _mm512_maskz_loadu_ps(m1, row + 16);
-                }
-                y[i][0] = _mm512_permutex2var_ps(a, ev, b);
-                y[i][1] = _mm512_permutex2var_ps(a, od, b);
+                __m512 a = row16(dout, Ho, Wo, 2 * ty + i, 2 * tx0, col_mask(Wo, 2 * tx0));
+                __m512 b = row16(dout, Ho, Wo, yb + i, cb, col_mask(Wo, cb));
+                y[i][0] = _mm512_permutex2var_ps(a, L.ev, b);
+                y[i][1] = _mm512_permutex2var_ps(a, L.od, b);
             }
             __m512 r[4][2]; /* A dY */
             for (int j = 0; j < 2; j++) {
@@ -247,7 +305,7 @@ wino_grad_output(float *Z, size_t zplane, size_t t0, const float *dout, int Ho, 
                 r[2][j] = _mm512_sub_ps(y[0][j], y[1][j]);
                 r[3][j] = _mm512_sub_ps(_mm512_setzero_ps(), y[1][j]);
             }
-            __mmask16 m = lanes(tw - tx0);
+            __mmask16 m = lanes(n);
             float *z = Z + t0 + (size_t)ty * tw + tx0;
             for (int i = 0; i < 4; i++) { /* (A dY) A^T */
                 float *zi = z + (size_t)(4 * i) * zplane;
@@ -273,8 +331,6 @@ int dconv_winograd_dweight(const dconv_isa *isa, float *dw, const float *dout, c
     int WR = isa->wr;
     dconv_geom g = dconv_geometry(Ci, H, W, 3, pt, pl, pb, pr, 16);
     int th = (g.Ho + 1) / 2, tw = (g.Wo + 1) / 2, T = th * tw;
-    size_t need = (size_t)(2 * th + 2) * g.Wp + (size_t)(2 * tw + 48) + (size_t)g.shift;
-    g.cs = g.cs > need ? g.cs : need;
     int group = (WINO_GROUP_TILES + T - 1) / T;
     group = group > B ? B : group;
     size_t tpad = ((size_t)group * T + 15) / 16 * 16;
@@ -282,8 +338,7 @@ int dconv_winograd_dweight(const dconv_isa *isa, float *dw, const float *dout, c
     float *V = cpu_scratch(0, (size_t)16 * vplane * sizeof(float));
     float *Z = cpu_scratch(1, (size_t)16 * zplane * sizeof(float));
     float *dU = cpu_scratch(2, (size_t)16 * Co * Ci * sizeof(float));
-    float *xp = cpu_scratch(3, (size_t)Ci * g.cs * sizeof(float));
-    if (!V || !Z || !dU || !xp)
+    if (!V || !Z || !dU)
         return 0;
     memset(dU, 0, (size_t)16 * Co * Ci * sizeof(float));
     int serial = dconv_in_parallel() || (int64_t)Co * Ci * 16 * T * B < DCONV_PARALLEL_MIN;
@@ -294,10 +349,8 @@ int dconv_winograd_dweight(const dconv_isa *isa, float *dw, const float *dout, c
         for (int bi = 0; bi < nb; bi++) {
             const float *xb = x + (size_t)(b0 + bi) * Ci * H * W;
 #pragma omp parallel for if (!serial)
-            for (int c = 0; c < Ci; c++) {
-                dconv_pad(xp, xb, &g, c, c + 1);
-                wino_input(V, vplane, tpad, (size_t)bi * T, xp, &g, th, tw, c, c + 1);
-            }
+            for (int c = 0; c < Ci; c++)
+                wino_input(V, vplane, tpad, (size_t)bi * T, xb, H, W, pt, pl, th, tw, c, c + 1);
         }
 #pragma omp parallel for collapse(2) if (!serial)
         for (int bi = 0; bi < nb; bi++)
