@@ -104,12 +104,13 @@ void cpu_train_free(cpu_trainer *tr)
 {
     if (!tr)
         return;
-    if (tr->sh)
+    if (tr->sh) {
         for (int s = 0; s < tr->n_shards; s++)
             shard_free(tr, &tr->sh[s]);
-            /* the ops' scratch of the threads that ran the shards (OpenMP keeps its threads from region to
-             * region; a thread not met here frees its scratch when it exits) */
-#pragma omp parallel num_threads(tr->n_shards) if (tr->n_shards > 1)
+    }
+    /* the ops' scratch of the threads that ran the shards (OpenMP keeps its threads from region to region;
+     * a thread not met here frees its scratch when it exits) */
+#pragma omp parallel num_threads(tr->n_shards > 1 ? tr->n_shards : 1) if (tr->n_shards > 1)
     cpu_scratch_release();
     free(tr->sh);
     free(tr->need_grad);
