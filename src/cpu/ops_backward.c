@@ -741,10 +741,11 @@ CPU_SIMD_CLONES static void softmax_rows_backward(float *dP, const float *P, int
     }
 }
 
-void attention_forward_gemm(float *out, const float *q, const float *k, const float *v, int B, int C, int HW,
-                            int heads)
+void attention_forward_gemm(float *out, float *probs, const float *q, const float *k, const float *v, int B,
+                            int C, int HW, int heads)
 {
-    // out q k v (B,C,HW); per (item, head): P = softmax_rows(sc Q^T K), O = V P^T, on the task's thread
+    // out q k v (B,C,HW), probs (B,heads,HW,HW) or NULL; per (item, head): P = softmax_rows(sc Q^T K),
+    // O = V P^T, on the task's thread
     if (heads <= 0 || C % heads || HW <= 0 || B <= 0)
         return;
     int d = C / heads;
@@ -752,10 +753,11 @@ void attention_forward_gemm(float *out, const float *q, const float *k, const fl
     int64_t tasks = (int64_t)B * heads;
 #pragma omp parallel if (tasks > 1 && tasks * HW * HW * d > 65536)
     {
-        float *P = cpu_scratch(0, (size_t)HW * HW * sizeof(float));
+        float *scratch = probs ? NULL : cpu_scratch(0, (size_t)HW * HW * sizeof(float));
 #pragma omp for schedule(dynamic)
         for (int64_t bh = 0; bh < tasks; bh++) {
             size_t off = (size_t)bh * d * HW;
+            float *P = probs ? probs + (size_t)bh * HW * HW : scratch;
             if (!P) { /* no scratch: the row-at-a-time forward on this (item, head) */
                 attention_forward(out + off, q + off, k + off, v + off, 1, d, HW, 1);
                 continue;
@@ -767,13 +769,14 @@ void attention_forward_gemm(float *out, const float *q, const float *k, const fl
     }
 }
 
-void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                        const float *v, int B, int C, int HW, int heads)
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *probs,
+                        const float *q, const float *k, const float *v, int B, int C, int HW, int heads)
 {
-    // dq dk dv dout q k v (B,C,HW); per head h (channels h*d ..), with Q, K, V, dO its (d, HW) blocks:
-    // P = softmax_rows(sc Q^T K); dV += dO P; dP = dO^T V; dS = P (dP - rowsum(P dP)) sc;
-    // dQ += K dS^T; dK += Q dS. One (item, head) per task, each writing only its own blocks; the GEMMs
-    // inside run on the task's thread. Scratch: two HW x HW matrices per thread (cpu_scratch slots 0, 1).
+    // dq dk dv dout q k v (B,C,HW), probs (B,heads,HW,HW) or NULL; per head h (channels h*d ..), with Q, K,
+    // V, dO its (d, HW) blocks: P = softmax_rows(sc Q^T K) (or the forward's); dV += dO P; dP = dO^T V; dS =
+    // P (dP - rowsum(P dP)) sc; dQ += K dS^T; dK += Q dS. One (item, head) per task, each writing only its
+    // own blocks; the GEMMs inside run on the task's thread. Scratch: two HW x HW matrices per thread
+    // (cpu_scratch slots 0, 1).
     if (heads <= 0 || C % heads || HW <= 0 || B <= 0)
         return;
     int d = C / heads;
@@ -781,19 +784,22 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
     int64_t tasks = (int64_t)B * heads;
 #pragma omp parallel if (tasks > 1 && tasks * HW * HW * d > 65536)
     {
-        float *P = cpu_scratch(0, (size_t)HW * HW * sizeof(float));
+        float *scratch = probs ? NULL : cpu_scratch(0, (size_t)HW * HW * sizeof(float));
         float *dP = cpu_scratch(1, (size_t)HW * HW * sizeof(float));
 #pragma omp for schedule(dynamic)
         for (int64_t bh = 0; bh < tasks; bh++) {
             size_t off = (size_t)bh * d * HW;
+            const float *P = probs ? probs + (size_t)bh * HW * HW : scratch;
             if (!P || !dP) { /* no scratch: the naive loop on this (item, head) */
                 attention_backward_naive(dq ? dq + off : NULL, dk ? dk + off : NULL, dv ? dv + off : NULL,
                                          dout + off, q + off, k + off, v + off, 1, d, HW, 1);
                 continue;
             }
             const float *qh = q + off, *kh = k + off, *vh = v + off, *go = dout + off;
-            cpu_sgemm(1, 0, HW, HW, d, sc, qh, HW, kh, HW, 0.0f, P, HW); /* scores (HW, HW) */
-            softmax_rows(P, HW);
+            if (!probs) {
+                cpu_sgemm(1, 0, HW, HW, d, sc, qh, HW, kh, HW, 0.0f, scratch, HW); /* scores (HW, HW) */
+                softmax_rows(scratch, HW);
+            }
             if (dv)
                 cpu_sgemm(0, 0, d, HW, HW, 1.0f, go, HW, P, HW, 1.0f, dv + off, HW);
             if (!dq && !dk)
