@@ -400,15 +400,25 @@ static void test_groupnorm(int B, int C, int HW, int groups, int silu, int with_
     fd_free(&c);
 }
 
-/* attention: ip = B C HW heads. Tensors q, k, v. */
+/* attention: ip = B C HW heads, ip[4]: the backward takes the softmax saved by attention_forward_gemm.
+ * Tensors q, k, v. */
 static void attn_fwd(fd_case *c, float *out)
 {
     attention_forward(out, c->t[0].x, c->t[1].x, c->t[2].x, c->ip[0], c->ip[1], c->ip[2], c->ip[3]);
 }
 static void attn_bwd(fd_case *c, const float *d)
 {
-    attention_backward(c->t[0].grad, c->t[1].grad, c->t[2].grad, d, c->t[0].x, c->t[1].x, c->t[2].x, c->ip[0],
-                       c->ip[1], c->ip[2], c->ip[3]);
+    float *probs = NULL, *out = NULL;
+    if (c->ip[4]) {
+        probs = malloc((size_t)c->ip[0] * c->ip[3] * c->ip[2] * c->ip[2] * sizeof(float));
+        out = malloc((size_t)c->n_out * sizeof(float));
+        attention_forward_gemm(out, probs, c->t[0].x, c->t[1].x, c->t[2].x, c->ip[0], c->ip[1], c->ip[2],
+                               c->ip[3]);
+    }
+    attention_backward(c->t[0].grad, c->t[1].grad, c->t[2].grad, d, probs, c->t[0].x, c->t[1].x, c->t[2].x,
+                       c->ip[0], c->ip[1], c->ip[2], c->ip[3]);
+    free(probs);
+    free(out);
 }
 static void attn_bwd_naive(fd_case *c, const float *d)
 {
@@ -416,15 +426,19 @@ static void attn_bwd_naive(fd_case *c, const float *d)
                              c->ip[0], c->ip[1], c->ip[2], c->ip[3]);
 }
 
-static void test_attention(int B, int C, int HW, int heads, int naive)
+/* naive: the reference backward; saved: the backward on the forward's softmax */
+static void test_attention(int B, int C, int HW, int heads, int naive, int saved)
 {
     char name[96];
-    snprintf(name, sizeof name, "attention%s B%d C%d HW%d heads %d", naive ? " (naive)" : "", B, C, HW,
-             heads);
+    snprintf(name, sizeof name, "attention%s B%d C%d HW%d heads %d",
+             naive   ? " (naive)"
+             : saved ? " (saved)"
+                     : "",
+             B, C, HW, heads);
     fd_case c = {.name = name,
                  .forward = attn_fwd,
                  .backward = naive ? attn_bwd_naive : attn_bwd,
-                 .ip = {B, C, HW, heads}};
+                 .ip = {B, C, HW, heads, saved}};
     c.n_out = (int64_t)B * C * HW;
     add_tensor(&c, "q", c.n_out, 1.0f, 1);
     add_tensor(&c, "k", c.n_out, 1.0f, 1);
@@ -439,7 +453,7 @@ static void test_attention_forward_gemm(int B, int C, int HW, int heads)
     int64_t n = (int64_t)B * C * HW;
     float *q = randn(n, 1.0f), *k = randn(n, 1.0f), *v = randn(n, 1.0f);
     float *o[2] = {malloc((size_t)n * sizeof(float)), malloc((size_t)n * sizeof(float))};
-    attention_forward_gemm(o[0], q, k, v, B, C, HW, heads);
+    attention_forward_gemm(o[0], NULL, q, k, v, B, C, HW, heads);
     attention_forward(o[1], q, k, v, B, C, HW, heads);
     char what[96];
     snprintf(what, sizeof what, "attention forward gemm vs kernel B%d C%d HW%d heads %d", B, C, HW, heads);
@@ -743,11 +757,13 @@ int main(void)
     test_groupnorm(3, 3, 1, 1, 0, 1);
     test_groupnorm(2, 1, 15, 1, 1, 0);
     test_groupnorm(2, 1, 15, 1, 1, 1);
-    test_attention(2, 4, 15, 1, 0);
-    test_attention(2, 6, 7, 2, 0);
-    test_attention(1, 3, 1, 1, 0);
-    test_attention(1, 5, 15, 1, 0);
-    test_attention(2, 6, 7, 2, 1);
+    test_attention(2, 4, 15, 1, 0, 0);
+    test_attention(2, 6, 7, 2, 0, 0);
+    test_attention(1, 3, 1, 1, 0, 0);
+    test_attention(1, 5, 15, 1, 0, 0);
+    test_attention(2, 6, 7, 2, 1, 0);
+    test_attention(2, 6, 7, 2, 0, 1);
+    test_attention(1, 5, 15, 1, 0, 1);
     test_attention_forward_gemm(3, 6, 37, 2);
     test_attention_forward_gemm(2, 64, 196, 1);
     test_upsample(2, 3, 3, 5);

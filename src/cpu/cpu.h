@@ -52,14 +52,15 @@ int conv2d_direct_backward(float *dinp, float *dw, const float *dout, const floa
 void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
                         const float *out, const float *gamma, const float *beta, int B, int C, int HW,
                         int groups, float eps, int silu);
-/* attention_forward as two GEMMs per (batch item, head) with an HW x HW scratch per thread (cpu_scratch
- * slot 0): the training forward's attention. */
-void attention_forward_gemm(float *out, const float *q, const float *k, const float *v, int B, int C, int HW,
-                            int heads);
-/* Softmax rows recomputed per (batch item, head); two HW x HW scratch matrices per thread (cpu_scratch
- * slots 0, 1). */
-void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                        const float *v, int B, int C, int HW, int heads);
+/* attention_forward as two GEMMs per (batch item, head): the training forward's attention. probs (B, heads,
+ * HW, HW) receives the softmax for attention_backward; NULL: an HW x HW scratch per thread instead
+ * (cpu_scratch slot 0). */
+void attention_forward_gemm(float *out, float *probs, const float *q, const float *k, const float *v, int B,
+                            int C, int HW, int heads);
+/* probs: the forward's softmax (attention_forward_gemm's), or NULL to recompute it per (batch item, head).
+ * Scratch: HW x HW matrices per thread, one with probs, two without (cpu_scratch slots 1, 0). */
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *probs,
+                        const float *q, const float *k, const float *v, int B, int C, int HW, int heads);
 void upsample_backward(float *dinp, const float *dout, int B, int C, int H, int W);
 void concat_backward(float *da, float *db, const float *dout, int B, int Ca, int Cb, int HW);
 

@@ -1,7 +1,7 @@
 /* ops.c: the CPU forward of every graph op (time embedding, linear, SiLU, conv2d, group norm, attention,
  * upsample, concat), NCHW float32, matching torch / diffusers; OpenMP on outer loops only. */
 #include "cpu.h"
-#include "vexpf.h"
+#include "simd.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -388,7 +388,7 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
 /* Floats per block of groupnorm_stats: summed in float lanes, blocks merged in double. */
 #define GN_BLOCK 512
 
-void groupnorm_stats(float *mean, float *rstd, const float *x, int64_t n, float eps)
+CPU_SIMD_CLONES void groupnorm_stats(float *mean, float *rstd, const float *x, int64_t n, float eps)
 {
     // One pass over memory: each block's sum in 16 float lanes (vectorised), then its squared deviations
     // around its own mean while it is in L1; blocks merged in double (Chan, Golub, LeVeque), which stays
@@ -429,6 +429,31 @@ void groupnorm_stats(float *mean, float *rstd, const float *x, int64_t n, float 
     *rstd = (float)(1.0 / sqrt(var + (double)eps));
 }
 
+/* One group of one image: cg channels of HW floats from x to o, gamma / beta (or NULL) at its first channel.
+ */
+CPU_SIMD_CLONES static void groupnorm_group(float *o, const float *x, const float *gamma, const float *beta,
+                                            int cg, int HW, float eps, int silu)
+{
+    float mean, rstd;
+    groupnorm_stats(&mean, &rstd, x, (int64_t)cg * HW, eps);
+    for (int c = 0; c < cg; c++) {
+        float ga = gamma ? gamma[c] : 1.0f, be = beta ? beta[c] : 0.0f;
+        /* (x - mean) first: no cancellation between a large x * scale and shift. */
+        float sc = rstd * ga;
+        const float *xc = x + (size_t)c * HW;
+        float *oc = o + (size_t)c * HW;
+        if (silu) {
+            for (int i = 0; i < HW; i++) {
+                float y = (xc[i] - mean) * sc + be;
+                oc[i] = y / (1.0f + vexpf(-y));
+            }
+        } else {
+            for (int i = 0; i < HW; i++)
+                oc[i] = (xc[i] - mean) * sc + be;
+        }
+    }
+}
+
 void groupnorm_forward(float *out, const float *inp, const float *gamma, const float *beta, int B, int C,
                        int HW, int groups, float eps, int silu)
 {
@@ -436,32 +461,13 @@ void groupnorm_forward(float *out, const float *inp, const float *gamma, const f
     if (groups <= 0 || C % groups)
         return;
     int cg = C / groups;
-    int64_t n = (int64_t)cg * HW;
     /* Small tensors stay on one thread: a parallel region costs more than the work. */
 #pragma omp parallel for collapse(2) if ((int64_t)B * C * HW > 32768)
     for (int bi = 0; bi < B; bi++) {
         for (int g = 0; g < groups; g++) {
             size_t base = ((size_t)bi * C + (size_t)g * cg) * HW;
-            const float *x = inp + base;
-            float mean, rstd;
-            groupnorm_stats(&mean, &rstd, x, n, eps);
-            for (int c = 0; c < cg; c++) {
-                int ch = g * cg + c;
-                float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
-                /* (x - mean) first: no cancellation between a large x * scale and shift. */
-                float sc = rstd * ga;
-                const float *xc = x + (size_t)c * HW;
-                float *o = out + base + (size_t)c * HW;
-                if (silu) {
-                    for (int i = 0; i < HW; i++) {
-                        float y = (xc[i] - mean) * sc + be;
-                        o[i] = y / (1.0f + vexpf(-y));
-                    }
-                } else {
-                    for (int i = 0; i < HW; i++)
-                        o[i] = (xc[i] - mean) * sc + be;
-                }
-            }
+            groupnorm_group(out + base, inp + base, gamma ? gamma + g * cg : NULL,
+                            beta ? beta + g * cg : NULL, cg, HW, eps, silu);
         }
     }
 }

@@ -2,7 +2,7 @@
  * SiLU, conv2d with its fused temb / residual / scale, group norm with its fused SiLU, attention,
  * upsample, concat). Gradients accumulate (+=); NULL means not wanted. NCHW float32. */
 #include "cpu.h"
-#include "vexpf.h"
+#include "simd.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -498,8 +498,8 @@ static inline float select_bits(uint32_t mask, float a, float b)
  * groupnorm_forward computes it. sigmoid(y) comes from the forward's output o = y sigmoid(y) when given:
  * o / y, or 1/2 + y/4 where |y| is too small for the quotient (the Taylor error y^3 / 48 is then below
  * 1e-10); else from vexpf. Both loops vectorise (the select picks between values computed either way). */
-static void gn_silu_dy(float *dy, const float *d, const float *x, const float *o, int len, float mean,
-                       float sc, float be)
+static inline void gn_silu_dy(float *dy, const float *d, const float *x, const float *o, int len, float mean,
+                              float sc, float be)
 {
     if (o) {
         for (int i = 0; i < len; i++) {
@@ -520,7 +520,8 @@ static void gn_silu_dy(float *dy, const float *d, const float *x, const float *o
 }
 
 /* *sdx = sum dy (x - mean), *sd = sum dy over len floats, in 16 partial sums (vectorised) */
-static void gn_channel_sums(const float *dy, const float *x, int len, float mean, float *sdx, float *sd)
+static inline void gn_channel_sums(const float *dy, const float *x, int len, float mean, float *sdx,
+                                   float *sd)
 {
     float lx[16] = {0}, ld[16] = {0};
     int i = 0;
@@ -540,6 +541,47 @@ static void gn_channel_sums(const float *dy, const float *x, int len, float mean
     }
     *sdx = a;
     *sd = b;
+}
+
+/* One group of one image (cg channels of HW floats, every pointer at the group's start; out, gamma, beta
+ * may be NULL): part gets (sum dy xhat, sum dy) per channel, dx (unless NULL) its gradient; dyb: cg HW
+ * floats of scratch for dy when silu. */
+CPU_SIMD_CLONES static void groupnorm_backward_group(float *dx, float *part, float *dyb, const float *dout,
+                                                     const float *x, const float *out, const float *gamma,
+                                                     const float *beta, int cg, int HW, float eps, int silu)
+{
+    int64_t n = (int64_t)cg * HW;
+    float mean, rstd;
+    groupnorm_stats(&mean, &rstd, x, n, eps);
+    double s1 = 0.0, s2 = 0.0; /* sum dxhat, sum dxhat xhat */
+    for (int c = 0; c < cg; c++) {
+        float ga = gamma ? gamma[c] : 1.0f, be = beta ? beta[c] : 0.0f;
+        size_t off = (size_t)c * HW;
+        const float *dy = dout + off;
+        if (silu) {
+            gn_silu_dy(dyb + off, dy, x + off, out ? out + off : NULL, HW, mean, rstd * ga, be);
+            dy = dyb + off;
+        }
+        float pg, pb;
+        gn_channel_sums(dy, x + off, HW, mean, &pg, &pb);
+        pg *= rstd;
+        part[2 * c] = pg;
+        part[2 * c + 1] = pb;
+        s1 += (double)pb * ga;
+        s2 += (double)pg * ga;
+    }
+    if (!dx)
+        return;
+    float m1 = (float)(s1 / (double)n), m2 = (float)(s2 / (double)n);
+    for (int c = 0; c < cg; c++) {
+        float ga = gamma ? gamma[c] : 1.0f;
+        size_t off = (size_t)c * HW;
+        const float *xc = x + off, *dy = silu ? dyb + off : dout + off;
+        float *dxc = dx + off;
+        float a = rstd * ga, b = -rstd * rstd * m2, c0 = -rstd * m1;
+        for (int i = 0; i < HW; i++)
+            dxc[i] += dy[i] * a + ((xc[i] - mean) * b + c0);
+    }
 }
 
 void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
@@ -564,42 +606,12 @@ void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *d
     }
 #pragma omp parallel for schedule(static) num_threads(nt) if (big)
     for (int64_t bg = 0; bg < (int64_t)B * groups; bg++) {
-        int bi = (int)(bg / groups), g = (int)(bg % groups);
+        int g = (int)(bg % groups);
         size_t base = (size_t)bg * n;
-        float *dyb = silu ? dyall + (size_t)thread_num() * n : NULL;
-        float mean, rstd;
-        groupnorm_stats(&mean, &rstd, inp + base, n, eps);
-        double s1 = 0.0, s2 = 0.0; /* sum dxhat, sum dxhat xhat */
-        for (int c = 0; c < cg; c++) {
-            int ch = g * cg + c;
-            float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
-            size_t off = base + (size_t)c * HW;
-            const float *x = inp + off, *dy = dout + off;
-            if (silu) {
-                gn_silu_dy(dyb + (size_t)c * HW, dy, x, out ? out + off : NULL, HW, mean, rstd * ga, be);
-                dy = dyb + (size_t)c * HW;
-            }
-            float pg, pb;
-            gn_channel_sums(dy, x, HW, mean, &pg, &pb);
-            pg *= rstd;
-            part[2 * ((size_t)bi * C + ch)] = pg;
-            part[2 * ((size_t)bi * C + ch) + 1] = pb;
-            s1 += (double)pb * ga;
-            s2 += (double)pg * ga;
-        }
-        if (!dinp)
-            continue;
-        float m1 = (float)(s1 / (double)n), m2 = (float)(s2 / (double)n);
-        for (int c = 0; c < cg; c++) {
-            int ch = g * cg + c;
-            float ga = gamma ? gamma[ch] : 1.0f;
-            size_t off = base + (size_t)c * HW;
-            const float *x = inp + off, *dy = silu ? dyb + (size_t)c * HW : dout + off;
-            float *dx = dinp + off;
-            float a = rstd * ga, b = -rstd * rstd * m2, c0 = -rstd * m1;
-            for (int i = 0; i < HW; i++)
-                dx[i] += dy[i] * a + ((x[i] - mean) * b + c0);
-        }
+        groupnorm_backward_group(dinp ? dinp + base : NULL, part + 2 * (size_t)bg * cg,
+                                 silu ? dyall + (size_t)thread_num() * n : NULL, dout + base, inp + base,
+                                 out ? out + base : NULL, gamma ? gamma + g * cg : NULL,
+                                 beta ? beta + g * cg : NULL, cg, HW, eps, silu);
     }
     for (int c = 0; c < C; c++) {
         float sg = 0.0f, sb = 0.0f;
@@ -671,7 +683,7 @@ void attention_backward_naive(float *dq, float *dk, float *dv, const float *dout
 
 /* The largest of p[0 .. n-1], n >= 1 (NaN when one is): the maximum of order-preserving unsigned keys of
  * the floats, which vectorises (a running float maximum does not). */
-static float max_of(const float *p, int n)
+static inline float max_of(const float *p, int n)
 {
     uint32_t m = 0;
     for (int j = 0; j < n; j++) {
@@ -688,7 +700,7 @@ static float max_of(const float *p, int n)
 }
 
 /* p[j] = e^(p[j] - shift) for j < n (vexpf), returning their sum (16 partial sums: vectorised). */
-static float exp_shifted_sum(float *p, int n, float shift)
+static inline float exp_shifted_sum(float *p, int n, float shift)
 {
     float lane[16] = {0};
     int j = 0;
@@ -709,7 +721,7 @@ static float exp_shifted_sum(float *p, int n, float shift)
 }
 
 /* softmax of each of the n rows of p (n x n), in place */
-static void softmax_rows(float *P, int n)
+CPU_SIMD_CLONES static void softmax_rows(float *P, int n)
 {
     for (int i = 0; i < n; i++) {
         float *p = P + (size_t)i * n;
@@ -720,7 +732,7 @@ static void softmax_rows(float *P, int n)
 }
 
 /* sum of a[j] b[j] for j < n with 16 partial sums (vectorised) */
-static float dot16(const float *a, const float *b, int n)
+static inline float dot16(const float *a, const float *b, int n)
 {
     float lane[16] = {0};
     int j = 0;
@@ -735,10 +747,23 @@ static float dot16(const float *a, const float *b, int n)
     return s;
 }
 
-void attention_forward_gemm(float *out, const float *q, const float *k, const float *v, int B, int C, int HW,
-                            int heads)
+/* dS = P (dP - rowsum(P dP)) sc over n x n, in place of dP */
+CPU_SIMD_CLONES static void softmax_rows_backward(float *dP, const float *P, int n, float sc)
 {
-    // out q k v (B,C,HW); per (item, head): P = softmax_rows(sc Q^T K), O = V P^T, on the task's thread
+    for (int i = 0; i < n; i++) {
+        const float *p = P + (size_t)i * n;
+        float *dp = dP + (size_t)i * n;
+        float D = dot16(p, dp, n);
+        for (int j = 0; j < n; j++)
+            dp[j] = p[j] * (dp[j] - D) * sc;
+    }
+}
+
+void attention_forward_gemm(float *out, float *probs, const float *q, const float *k, const float *v, int B,
+                            int C, int HW, int heads)
+{
+    // out q k v (B,C,HW), probs (B,heads,HW,HW) or NULL; per (item, head): P = softmax_rows(sc Q^T K),
+    // O = V P^T, on the task's thread
     if (heads <= 0 || C % heads || HW <= 0 || B <= 0)
         return;
     int d = C / heads;
@@ -746,10 +771,11 @@ void attention_forward_gemm(float *out, const float *q, const float *k, const fl
     int64_t tasks = (int64_t)B * heads;
 #pragma omp parallel if (tasks > 1 && tasks * HW * HW * d > 65536)
     {
-        float *P = cpu_scratch(0, (size_t)HW * HW * sizeof(float));
+        float *scratch = probs ? NULL : cpu_scratch(0, (size_t)HW * HW * sizeof(float));
 #pragma omp for schedule(dynamic)
         for (int64_t bh = 0; bh < tasks; bh++) {
             size_t off = (size_t)bh * d * HW;
+            float *P = probs ? probs + (size_t)bh * HW * HW : scratch;
             if (!P) { /* no scratch: the row-at-a-time forward on this (item, head) */
                 attention_forward(out + off, q + off, k + off, v + off, 1, d, HW, 1);
                 continue;
@@ -761,13 +787,14 @@ void attention_forward_gemm(float *out, const float *q, const float *k, const fl
     }
 }
 
-void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                        const float *v, int B, int C, int HW, int heads)
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *probs,
+                        const float *q, const float *k, const float *v, int B, int C, int HW, int heads)
 {
-    // dq dk dv dout q k v (B,C,HW); per head h (channels h*d ..), with Q, K, V, dO its (d, HW) blocks:
-    // P = softmax_rows(sc Q^T K); dV += dO P; dP = dO^T V; dS = P (dP - rowsum(P dP)) sc;
-    // dQ += K dS^T; dK += Q dS. One (item, head) per task, each writing only its own blocks; the GEMMs
-    // inside run on the task's thread. Scratch: two HW x HW matrices per thread (cpu_scratch slots 0, 1).
+    // dq dk dv dout q k v (B,C,HW), probs (B,heads,HW,HW) or NULL; per head h (channels h*d ..), with Q, K,
+    // V, dO its (d, HW) blocks: P = softmax_rows(sc Q^T K) (or the forward's); dV += dO P; dP = dO^T V; dS =
+    // P (dP - rowsum(P dP)) sc; dQ += K dS^T; dK += Q dS. One (item, head) per task, each writing only its
+    // own blocks; the GEMMs inside run on the task's thread. Scratch: two HW x HW matrices per thread
+    // (cpu_scratch slots 0, 1).
     if (heads <= 0 || C % heads || HW <= 0 || B <= 0)
         return;
     int d = C / heads;
@@ -775,31 +802,28 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
     int64_t tasks = (int64_t)B * heads;
 #pragma omp parallel if (tasks > 1 && tasks * HW * HW * d > 65536)
     {
-        float *P = cpu_scratch(0, (size_t)HW * HW * sizeof(float));
+        float *scratch = probs ? NULL : cpu_scratch(0, (size_t)HW * HW * sizeof(float));
         float *dP = cpu_scratch(1, (size_t)HW * HW * sizeof(float));
 #pragma omp for schedule(dynamic)
         for (int64_t bh = 0; bh < tasks; bh++) {
             size_t off = (size_t)bh * d * HW;
+            const float *P = probs ? probs + (size_t)bh * HW * HW : scratch;
             if (!P || !dP) { /* no scratch: the naive loop on this (item, head) */
                 attention_backward_naive(dq ? dq + off : NULL, dk ? dk + off : NULL, dv ? dv + off : NULL,
                                          dout + off, q + off, k + off, v + off, 1, d, HW, 1);
                 continue;
             }
             const float *qh = q + off, *kh = k + off, *vh = v + off, *go = dout + off;
-            cpu_sgemm(1, 0, HW, HW, d, sc, qh, HW, kh, HW, 0.0f, P, HW); /* scores (HW, HW) */
-            softmax_rows(P, HW);
+            if (!probs) {
+                cpu_sgemm(1, 0, HW, HW, d, sc, qh, HW, kh, HW, 0.0f, scratch, HW); /* scores (HW, HW) */
+                softmax_rows(scratch, HW);
+            }
             if (dv)
                 cpu_sgemm(0, 0, d, HW, HW, 1.0f, go, HW, P, HW, 1.0f, dv + off, HW);
             if (!dq && !dk)
                 continue;
             cpu_sgemm(1, 0, HW, HW, d, 1.0f, go, HW, vh, HW, 0.0f, dP, HW);
-            for (int i = 0; i < HW; i++) {
-                const float *p = P + (size_t)i * HW;
-                float *dp = dP + (size_t)i * HW;
-                float D = dot16(p, dp, HW);
-                for (int j = 0; j < HW; j++)
-                    dp[j] = p[j] * (dp[j] - D) * sc; /* dS */
-            }
+            softmax_rows_backward(dP, P, HW, sc);
             if (dq)
                 cpu_sgemm(0, 1, d, HW, HW, 1.0f, kh, HW, dP, HW, 1.0f, dq + off, HW);
             if (dk)

@@ -24,6 +24,7 @@ typedef struct train_shard {
     int B, first;   /* images first .. first + B - 1 of the batch */
     float **vals;   /* n_values buffers of B * numel: every activation of the last forward */
     float **masked; /* n_nodes: the dropped-out in0 of flagged nodes (NULL elsewhere or when p = 0) */
+    float **probs;  /* n_nodes: attention nodes' softmax kept for the backward (NULL: recomputed there) */
     float **dbuf;   /* n_dbufs gradient buffers of B * dbuf_numel[i] floats, kept for the trainer's life */
     float **dvals;  /* n_values: a value's gradient buffer while it is live in a backward, else NULL */
     float *dmasked; /* B * dmasked_numel: a dropout conv's gradient before the mask (NULL without dropout) */
@@ -77,6 +78,17 @@ static int uses_dropout(const cpu_trainer *tr, const ddpm_node *n)
     return tr->dropout > 0.0f && n->train_dropout && n->op == OP_CONV2D;
 }
 
+/* Floats per image of an attention node's softmax (heads x HW x HW) kept from the forward for the backward,
+ * or 0 (recomputed there) when they would take more memory than four of the node's activations. */
+static int64_t kept_probs(const ddpm_graph *g, const ddpm_node *n)
+{
+    if (n->op != OP_ATTENTION)
+        return 0;
+    const ddpm_value *a = &g->values[n->in[0]];
+    int64_t hw = (int64_t)a->h * a->w, per = (int64_t)n->ip[0] * hw * hw;
+    return per <= 4 * value_numel(a) ? per : 0;
+}
+
 static void shard_free(const cpu_trainer *tr, train_shard *s)
 {
     const ddpm_graph *g = tr->g;
@@ -89,6 +101,9 @@ static void shard_free(const cpu_trainer *tr, train_shard *s)
     if (s->masked)
         for (int i = 0; i < g->n_nodes; i++)
             free(s->masked[i]);
+    if (s->probs)
+        for (int i = 0; i < g->n_nodes; i++)
+            free(s->probs[i]);
     if (s->grads)
         for (int p = 0; p < g->n_params; p++)
             free(s->grads[p]);
@@ -97,6 +112,7 @@ static void shard_free(const cpu_trainer *tr, train_shard *s)
     free(s->dbuf);
     free(s->dmasked);
     free(s->masked);
+    free(s->probs);
     free(s->grads);
 }
 
@@ -104,12 +120,13 @@ void cpu_train_free(cpu_trainer *tr)
 {
     if (!tr)
         return;
-    if (tr->sh)
+    if (tr->sh) {
         for (int s = 0; s < tr->n_shards; s++)
             shard_free(tr, &tr->sh[s]);
-            /* the ops' scratch of the threads that ran the shards (OpenMP keeps its threads from region to
-             * region; a thread not met here frees its scratch when it exits) */
-#pragma omp parallel num_threads(tr->n_shards) if (tr->n_shards > 1)
+    }
+    /* the ops' scratch of the threads that ran the shards (OpenMP keeps its threads from region to region;
+     * a thread not met here frees its scratch when it exits) */
+#pragma omp parallel num_threads(tr->n_shards > 1 ? tr->n_shards : 1) if (tr->n_shards > 1)
     cpu_scratch_release();
     free(tr->sh);
     free(tr->need_grad);
@@ -125,10 +142,11 @@ static ddpm_result shard_alloc(const cpu_trainer *tr, train_shard *s, int index)
     s->vals = ddpm_calloc((size_t)g->n_values, sizeof *s->vals);
     s->dvals = ddpm_calloc((size_t)g->n_values, sizeof *s->dvals);
     s->masked = ddpm_calloc((size_t)g->n_nodes, sizeof *s->masked);
+    s->probs = ddpm_calloc((size_t)g->n_nodes, sizeof *s->probs);
     s->dbuf = ddpm_calloc((size_t)tr->n_dbufs + 1, sizeof *s->dbuf);
     if (index > 0)
         s->grads = ddpm_calloc((size_t)g->n_params, sizeof *s->grads);
-    if (!s->vals || !s->dvals || !s->masked || !s->dbuf || (index > 0 && !s->grads))
+    if (!s->vals || !s->dvals || !s->masked || !s->probs || !s->dbuf || (index > 0 && !s->grads))
         return DDPM_ERR_NOMEM;
     for (int i = 0; i < tr->n_dbufs; i++) {
         s->dbuf[i] = malloc((size_t)s->B * tr->dbuf_numel[i] * sizeof(float));
@@ -151,6 +169,12 @@ static ddpm_result shard_alloc(const cpu_trainer *tr, train_shard *s, int index)
             s->masked[i] = malloc((size_t)s->B * value_numel(&g->values[n->in[0]]) * sizeof(float));
             if (!s->masked[i])
                 return ddpm_fail(DDPM_ERR_NOMEM, "cpu_train_create: out of memory for dropout at %s",
+                                 n->name);
+        }
+        if (kept_probs(g, n) > 0) {
+            s->probs[i] = malloc((size_t)s->B * kept_probs(g, n) * sizeof(float));
+            if (!s->probs[i])
+                return ddpm_fail(DDPM_ERR_NOMEM, "cpu_train_create: out of memory for attention at %s",
                                  n->name);
         }
     }
@@ -291,7 +315,7 @@ static void shard_forward(const cpu_trainer *tr, train_shard *sh, const float *c
         const ddpm_node *n = &g->nodes[i];
         const ddpm_value *a = &g->values[n->in[0]], *o = &g->values[n->out];
         if (n->op == OP_ATTENTION) { /* GEMMs: faster than the inference kernel at training batch sizes */
-            attention_forward_gemm(sh->vals[n->out], sh->vals[n->in[0]], sh->vals[n->in[1]],
+            attention_forward_gemm(sh->vals[n->out], sh->probs[i], sh->vals[n->in[0]], sh->vals[n->in[1]],
                                    sh->vals[n->in[2]], B, a->c, a->h * a->w, n->ip[0]);
             continue;
         }
@@ -393,8 +417,8 @@ static void shard_backward(const cpu_trainer *tr, train_shard *sh, const float *
                                n->fp[0], n->ip[1]);
             break;
         case OP_ATTENTION:
-            attention_backward(dx, d1, d2, go, x, sh->vals[n->in[1]], sh->vals[n->in[2]], B, a->c,
-                               a->h * a->w, n->ip[0]);
+            attention_backward(dx, d1, d2, go, sh->probs[i], x, sh->vals[n->in[1]], sh->vals[n->in[2]], B,
+                               a->c, a->h * a->w, n->ip[0]);
             break;
         case OP_UPSAMPLE: upsample_backward(dx, go, B, a->c, a->h, a->w); break;
         case OP_CONCAT: concat_backward(dx, d1, go, B, a->c, g->values[n->in[1]].c, a->h * a->w); break;

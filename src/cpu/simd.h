@@ -1,12 +1,25 @@
-/* vexpf.h: expf for the CPU ops' hot loops (softmax, SiLU): branch-free plain C that compilers vectorise
- * (libm's expf is a call per element), within 1.4 ulp of exp. */
-#ifndef DDPM_CPU_VEXPF_H
-#define DDPM_CPU_VEXPF_H
+/* simd.h: helpers for the CPU ops' vectorised loops: CPU_SIMD_CLONES (one build of a function per x86-64
+ * vector level, picked at load time) and vexpf, an expf in plain C that compilers vectorise. */
+#ifndef DDPM_CPU_SIMD_H
+#define DDPM_CPU_SIMD_H
 
 #include <stdint.h>
 #include <string.h>
 
-/* e^x = 2^n e^r with n = round(x / ln 2) and r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 split in two so n ln2_hi
+/* On x86-64 with glibc (ifunc), GCC builds a function so marked for AVX-512, AVX2 and the baseline (SSE2)
+ * and calls the best the CPU has: the compiler's own vectorisation of plain C loops, 2-4 times wider than
+ * the baseline. Marked functions do the same float operations in the same order in every build (no FMA
+ * contraction in ISO C mode, reductions in explicit lanes), so results do not depend on the CPU.
+ * Elsewhere it is empty. For functions whose loops vectorise and that run long enough per call. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) &&                 \
+    !defined(DDPM_NO_SIMD_CLONES)
+#define CPU_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CPU_SIMD_CLONES
+#endif
+
+/* expf within 1.4 ulp, branch-free (libm's expf is a call per element, so a loop calling it stays scalar).
+ * e^x = 2^n e^r with n = round(x / ln 2) and r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 split in two so n ln2_hi
  * is exact); e^r by a degree-6 polynomial fitted for relative error (1.9e-9 on that interval); 2^n put
  * into the exponent bits. |x| is clamped to 87.3365 (126 ln 2, so 2^n stays normal) on the integer bits:
  * a float compare would keep GCC from vectorising (it may trap), and NaN passes through. So the result is
