@@ -282,6 +282,7 @@ static int dconv_dweight(const dconv_isa *isa, float *dw, const float *dout, con
         xoff[s] = (size_t)ci * g.cs + (size_t)(t / k) * g.Wp + (size_t)(t % k) + (size_t)g.shift;
     }
     int serial = dconv_in_parallel() || (int64_t)Co * K * g.nq * B < DCONV_PARALLEL_MIN;
+    (void)serial; /* only the OpenMP pragmas read it */
     int HWo = g.Ho * g.Wo, nv = g.qp / VL;
     size_t xstride = (size_t)Ci * g.cs, gstride = (size_t)Co * g.qp;
     for (int b0 = 0; b0 < B; b0 += group) {

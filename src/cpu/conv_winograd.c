@@ -239,6 +239,7 @@ int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float
     wino_weights(U, w, flip, Ci, Co, FR, ncb);
     static const int offs0[1] = {0};
     int serial = dconv_in_parallel() || (int64_t)Co * Ci * 16 * T * B < DCONV_PARALLEL_MIN;
+    (void)serial; /* only the OpenMP pragmas read it */
     int HWo = g.Ho * g.Wo;
     for (int b0 = 0; b0 < B; b0 += group) {
         int nb = B - b0 < group ? B - b0 : group;
@@ -342,6 +343,7 @@ int dconv_winograd_dweight(const dconv_isa *isa, float *dw, const float *dout, c
         return 0;
     memset(dU, 0, (size_t)16 * Co * Ci * sizeof(float));
     int serial = dconv_in_parallel() || (int64_t)Co * Ci * 16 * T * B < DCONV_PARALLEL_MIN;
+    (void)serial; /* only the OpenMP pragmas read it */
     int HWo = g.Ho * g.Wo, ncb = (Co + WR - 1) / WR, nchunk = (Ci + WM - 1) / WM;
     for (int b0 = 0; b0 < B; b0 += group) {
         int nb = B - b0 < group ? B - b0 : group;
