@@ -5,7 +5,8 @@
  *   DK_FMA(a, b, c)    a * b + c                               DK_STORE(p, v), DK_SUM(v) (horizontal sum)
  *   DK_FR, DK_FP       forward block: DK_FR output channels x DK_FP vectors of pixels
  *   DK_WR              weight-gradient block: DK_WR output channels x DCONV_WM input streams
- * The blocks' accumulators stay in registers: the loops over them are fully unrolled. */
+ * The blocks' accumulators stay in registers: the loops over them are fully unrolled. The parameters are
+ * undefined at the end. */
 
 #define DK_CAT2(a, b) a##b
 #define DK_CAT(a, b) DK_CAT2(a, b)
@@ -98,3 +99,17 @@ static const dconv_isa DK_CAT(dconv_isa_, DK_SUFFIX) = {
 
 #undef DK_CAT
 #undef DK_CAT2
+/* the parameters go too, so the next instruction set defines its own */
+#undef DK_ATTR
+#undef DK_SUFFIX
+#undef DK_V
+#undef DK_VL
+#undef DK_ZERO
+#undef DK_LOAD
+#undef DK_BCAST
+#undef DK_FMA
+#undef DK_STORE
+#undef DK_SUM
+#undef DK_FR
+#undef DK_FP
+#undef DK_WR
