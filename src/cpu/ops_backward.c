@@ -500,9 +500,9 @@ static inline float silu_dy_from_exp(float d, float x, float mean, float sc, flo
 
 /* dy of one channel (len floats, o: the forward's output or NULL) into dy, with *sdx = sum dy (x - mean)
  * and *sd = sum dy as gn_channel_sums takes them (same lanes, same order), in one pass. */
-static inline void gn_silu_dy_sums(float *restrict dy, const float *restrict d, const float *restrict x,
-                                   const float *restrict o, int len, float mean, float sc, float be,
-                                   float *sdx, float *sd)
+CPU_SIMD_CLONES static void gn_silu_dy_sums(float *restrict dy, const float *restrict d,
+                                            const float *restrict x, const float *restrict o, int len,
+                                            float mean, float sc, float be, float *sdx, float *sd)
 {
     float lx[16] = {0}, ld[16] = {0};
     int i = 0;
