@@ -494,29 +494,67 @@ static inline float select_bits(uint32_t mask, float a, float b)
     return f;
 }
 
-/* dy = dout silu'(y) over one channel (len floats), y = (x - mean) sc + be recomputed exactly as
- * groupnorm_forward computes it. sigmoid(y) comes from the forward's output o = y sigmoid(y) when given:
- * o / y, or 1/2 + y/4 where |y| is too small for the quotient (the Taylor error y^3 / 48 is then below
- * 1e-10); else from vexpf. Both loops vectorise (the select picks between values computed either way). */
-static inline void gn_silu_dy(float *dy, const float *d, const float *x, const float *o, int len, float mean,
-                              float sc, float be)
+/* dy = dout silu'(y) at one element, y = (x - mean) sc + be recomputed exactly as groupnorm_forward computes
+ * it, sigmoid(y) from the forward's output o = y sigmoid(y): o / y, or 1/2 + y/4 where |y| is too small for
+ * the quotient (the Taylor error y^3 / 48 is then below 1e-10). Vectorises (the select picks between values
+ * computed either way). */
+static inline float silu_dy_from_out(float d, float x, float o, float mean, float sc, float be)
 {
+    float y = (x - mean) * sc + be;
+    uint32_t yb;
+    memcpy(&yb, &y, sizeof yb);
+    uint32_t big = 0u - (uint32_t)((yb & 0x7fffffffu) > 0x3a83126fu); /* |y| > 1e-3 */
+    float sg = select_bits(big, o / select_bits(big, y, 1.0f), 0.5f + 0.25f * y);
+    return d * sg * (1.0f + y * (1.0f - sg));
+}
+
+/* the same without the forward's output: sigmoid(y) from vexpf */
+static inline float silu_dy_from_exp(float d, float x, float mean, float sc, float be)
+{
+    float y = (x - mean) * sc + be;
+    float sg = 1.0f / (1.0f + vexpf(-y));
+    return d * sg * (1.0f + y * (1.0f - sg));
+}
+
+/* dy of one channel (len floats, o: the forward's output or NULL) into dy, with *sdx = sum dy (x - mean)
+ * and *sd = sum dy as gn_channel_sums takes them (same lanes, same order), in one pass. */
+CPU_SIMD_CLONES static void gn_silu_dy_sums(float *restrict dy, const float *restrict d,
+                                            const float *restrict x, const float *restrict o, int len,
+                                            float mean, float sc, float be, float *sdx, float *sd)
+{
+    float lx[16] = {0}, ld[16] = {0};
+    int i = 0;
     if (o) {
-        for (int i = 0; i < len; i++) {
-            float y = (x[i] - mean) * sc + be;
-            uint32_t yb;
-            memcpy(&yb, &y, sizeof yb);
-            uint32_t big = 0u - (uint32_t)((yb & 0x7fffffffu) > 0x3a83126fu); /* |y| > 1e-3 */
-            float sg = select_bits(big, o[i] / select_bits(big, y, 1.0f), 0.5f + 0.25f * y);
-            dy[i] = d[i] * sg * (1.0f + y * (1.0f - sg));
-        }
+        for (; i + 16 <= len; i += 16)
+            for (int l = 0; l < 16; l++) {
+                float v = silu_dy_from_out(d[i + l], x[i + l], o[i + l], mean, sc, be);
+                dy[i + l] = v;
+                lx[l] += v * (x[i + l] - mean);
+                ld[l] += v;
+            }
     } else {
-        for (int i = 0; i < len; i++) {
-            float y = (x[i] - mean) * sc + be;
-            float sg = 1.0f / (1.0f + vexpf(-y));
-            dy[i] = d[i] * sg * (1.0f + y * (1.0f - sg));
-        }
+        for (; i + 16 <= len; i += 16)
+            for (int l = 0; l < 16; l++) {
+                float v = silu_dy_from_exp(d[i + l], x[i + l], mean, sc, be);
+                dy[i + l] = v;
+                lx[l] += v * (x[i + l] - mean);
+                ld[l] += v;
+            }
     }
+    float a = 0.0f, b = 0.0f;
+    for (; i < len; i++) {
+        float v =
+            o ? silu_dy_from_out(d[i], x[i], o[i], mean, sc, be) : silu_dy_from_exp(d[i], x[i], mean, sc, be);
+        dy[i] = v;
+        a += v * (x[i] - mean);
+        b += v;
+    }
+    for (int l = 0; l < 16; l++) {
+        a += lx[l];
+        b += ld[l];
+    }
+    *sdx = a;
+    *sd = b;
 }
 
 /* *sdx = sum dy (x - mean), *sd = sum dy over len floats, in 16 partial sums (vectorised) */
@@ -557,13 +595,12 @@ CPU_SIMD_CLONES static void groupnorm_backward_group(float *dx, float *part, flo
     for (int c = 0; c < cg; c++) {
         float ga = gamma ? gamma[c] : 1.0f, be = beta ? beta[c] : 0.0f;
         size_t off = (size_t)c * HW;
-        const float *dy = dout + off;
-        if (silu) {
-            gn_silu_dy(dyb + off, dy, x + off, out ? out + off : NULL, HW, mean, rstd * ga, be);
-            dy = dyb + off;
-        }
         float pg, pb;
-        gn_channel_sums(dy, x + off, HW, mean, &pg, &pb);
+        if (silu) /* dy kept for the dx pass */
+            gn_silu_dy_sums(dyb + off, dout + off, x + off, out ? out + off : NULL, HW, mean, rstd * ga, be,
+                            &pg, &pb);
+        else
+            gn_channel_sums(dout + off, x + off, HW, mean, &pg, &pb);
         pg *= rstd;
         part[2 * c] = pg;
         part[2 * c + 1] = pb;
