@@ -30,6 +30,7 @@
 #ifdef HAVE_DCONV
 
 #include "conv_direct.h"
+#include "threads.h"
 
 /* Input streams per weight-gradient block: 9 = the taps of one 3x3 channel. */
 #define DCONV_WM 9
@@ -86,33 +87,6 @@ static const dconv_isa *dconv_pick(void)
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         return &dconv_isa_avx2;
     return NULL;
-}
-
-int dconv_in_parallel(void)
-{
-#ifdef _OPENMP
-    return omp_in_parallel();
-#else
-    return 0;
-#endif
-}
-
-int dconv_max_threads(void)
-{
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-int dconv_thread_id(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
 }
 
 dconv_geom dconv_geometry(int C, int H, int W, int k, int pt, int pl, int pb, int pr, int block)
@@ -180,12 +154,12 @@ static int dconv_forward(const dconv_isa *isa, float *out, const float *x, const
     int FR = isa->fr, PX = isa->fp * isa->vl, kk = k * k;
     dconv_geom g = dconv_geometry(Ci, H, W, k, pt, pl, pb, pr, PX);
     int ncb = (Co + FR - 1) / FR;
-    int serial = dconv_in_parallel() || (int64_t)Co * Ci * kk * g.nq < DCONV_PARALLEL_MIN;
+    int serial = cpu_in_parallel() || (int64_t)Co * Ci * kk * g.nq < DCONV_PARALLEL_MIN;
     size_t wn = (size_t)ncb * FR * Ci * kk;
     float *wp = cpu_scratch(0, wn * sizeof(float));
     float *xp = cpu_scratch(1, (size_t)Ci * g.cs * sizeof(float));
     int *offs = cpu_scratch(2, (size_t)kk * sizeof(int));
-    float *ys_all = cpu_scratch(3, (size_t)(serial ? 1 : dconv_max_threads()) * FR * g.qp * sizeof(float));
+    float *ys_all = cpu_scratch(3, (size_t)(serial ? 1 : cpu_max_threads()) * FR * g.qp * sizeof(float));
     if (!wp || !xp || !offs || !ys_all)
         return 0;
     for (int t = 0; t < kk; t++)
@@ -218,7 +192,7 @@ static int dconv_forward(const dconv_isa *isa, float *out, const float *x, const
         for (int cb = 0; cb < ncb; cb++) {
             /* the block's FR rows over the whole grid, then the kept columns through the epilogue: reading
              * y long after the kernel wrote it (not right behind its wide stores) */
-            float *y = ys_all + (size_t)(serial ? 0 : dconv_thread_id()) * FR * g.qp;
+            float *y = ys_all + (size_t)(serial ? 0 : cpu_thread_num()) * FR * g.qp;
             for (int q0 = 0; q0 < g.qp; q0 += PX)
                 isa->fwd(xp + q0, g.cs, Ci, offs, kk, wp + (size_t)cb * Ci * kk * FR, y + q0, (size_t)g.qp);
             for (int r = 0; r < FR && cb * FR + r < Co; r++) {
@@ -258,7 +232,7 @@ static int dconv_dweight(const dconv_isa *isa, float *dw, const float *dout, con
         int ci = s < K ? s / kk : 0, t = s < K ? s % kk : 0;
         xoff[s] = (size_t)ci * g.cs + (size_t)(t / k) * g.Wp + (size_t)(t % k) + (size_t)g.shift;
     }
-    int serial = dconv_in_parallel() || (int64_t)Co * K * g.nq * B < DCONV_PARALLEL_MIN;
+    int serial = cpu_in_parallel() || (int64_t)Co * K * g.nq * B < DCONV_PARALLEL_MIN;
     (void)serial; /* only the OpenMP pragmas read it */
     int HWo = g.Ho * g.Wo, nv = g.qp / VL;
     size_t xstride = (size_t)Ci * g.cs, gstride = (size_t)Co * g.qp;

@@ -31,9 +31,6 @@ typedef struct dconv_geom {
 dconv_geom dconv_geometry(int C, int H, int W, int k, int pt, int pl, int pb, int pr, int block);
 /* dst (C, cs) = x (C, H, W) zero-padded onto the grid; channels c0 .. c1 - 1. */
 void dconv_pad(float *dst, const float *x, const dconv_geom *g, int c0, int c1);
-int dconv_in_parallel(void);
-int dconv_max_threads(void);
-int dconv_thread_id(void);
 
 /* The 3x3 forward by Winograd F(2x2, 3x3) on AVX-512 (conv_winograd.c), same contract as conv_direct.c's
  * dconv_forward: returns 0 when it did nothing (shape not worth it, no AVX-512 build, out of memory). */

@@ -9,6 +9,7 @@
  * outputs' columns interleaved back the same way. Rounding differs from the direct sum by a few ulps. */
 #include "conv_direct.h"
 #include "cpu.h"
+#include "threads.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -238,7 +239,7 @@ int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float
     memset(M + (size_t)16 * mplane, 0, 16 * sizeof(float));
     wino_weights(U, w, flip, Ci, Co, FR, ncb);
     static const int offs0[1] = {0};
-    int serial = dconv_in_parallel() || (int64_t)Co * Ci * 16 * T * B < DCONV_PARALLEL_MIN;
+    int serial = cpu_in_parallel() || (int64_t)Co * Ci * 16 * T * B < DCONV_PARALLEL_MIN;
     (void)serial; /* only the OpenMP pragmas read it */
     int HWo = g.Ho * g.Wo;
     for (int b0 = 0; b0 < B; b0 += group) {
@@ -342,7 +343,7 @@ int dconv_winograd_dweight(const dconv_isa *isa, float *dw, const float *dout, c
     if (!V || !Z || !dU)
         return 0;
     memset(dU, 0, (size_t)16 * Co * Ci * sizeof(float));
-    int serial = dconv_in_parallel() || (int64_t)Co * Ci * 16 * T * B < DCONV_PARALLEL_MIN;
+    int serial = cpu_in_parallel() || (int64_t)Co * Ci * 16 * T * B < DCONV_PARALLEL_MIN;
     (void)serial; /* only the OpenMP pragmas read it */
     int HWo = g.Ho * g.Wo, ncb = (Co + WR - 1) / WR, nchunk = (Ci + WM - 1) / WM;
     for (int b0 = 0; b0 < B; b0 += group) {

@@ -2,6 +2,7 @@
  * upsample, concat), NCHW float32, matching torch / diffusers; OpenMP on outer loops only. */
 #include "cpu.h"
 #include "simd.h"
+#include "threads.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -22,24 +23,6 @@
 /* Multiply-adds below which a convolution runs on one thread: a parallel region costs more than the work,
  * and far more when another process holds a core (a spinning team waits for a descheduled thread). */
 #define CPU_PARALLEL_MIN_FLOPS (1 << 20)
-
-static int max_threads(void)
-{
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-static int thread_num(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
 
 /* Dot product with 16 independent partial sums: the compiler vectorises it without -ffast-math
  * (a single running sum would stay scalar), and the rounding error grows more slowly. */
@@ -326,7 +309,7 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
     int nr;
     conv_kernel_fn kernel = conv_pick_kernel(&nr);
     int K = Ci * k * k, N = Ho * Wo;
-    int nthreads = max_threads();
+    int nthreads = cpu_max_threads();
     /* Pixels per chunk: CONV_NC, fewer (a multiple of nr) when K is so large the chunk would leave L2.
      * One chunk buffer per thread, allocated up front so a failure falls back before any work. */
     int nc = CONV_CHUNK_FLOATS / (K > 0 ? K : 1) / nr * nr;
@@ -347,7 +330,7 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
         int mg = (int)(task % m_groups);
         int chunk = (int)(task / m_groups % n_chunks);
         int bi = (int)(task / m_groups / n_chunks);
-        float *bpack = scratch + (size_t)thread_num() * chunk_floats;
+        float *bpack = scratch + (size_t)cpu_thread_num() * chunk_floats;
         int p0 = chunk * nc, np = N - p0 < nc ? N - p0 : nc;
         conv_pack_chunk(bpack, inp + (size_t)bi * Ci * H * W, Ci, H, W, Wo, k, stride, pt, pl, p0, np, nr);
         float acc[CONV_MR * 16];

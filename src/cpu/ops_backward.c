@@ -3,6 +3,7 @@
  * upsample, concat). Gradients accumulate (+=); NULL means not wanted. NCHW float32. */
 #include "cpu.h"
 #include "simd.h"
+#include "threads.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -13,24 +14,6 @@
 #else
 #pragma GCC diagnostic ignored "-Wunknown-pragmas"
 #endif
-
-static int max_threads(void)
-{
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-static int thread_num(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
 
 /* ---- linear, SiLU ----------------------------------------------------------------------------- */
 
@@ -634,7 +617,7 @@ void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *d
         return;
     int cg = C / groups;
     int64_t n = (int64_t)cg * HW;
-    int big = (int64_t)B * C * HW > 32768, nt = big ? max_threads() : 1;
+    int big = (int64_t)B * C * HW > 32768, nt = big ? cpu_max_threads() : 1;
     float *part = cpu_scratch(0, (size_t)B * C * 2 * sizeof(float)); /* (item, channel): sum dy xhat, dy */
     float *dyall = silu ? cpu_scratch(1, (size_t)nt * n * sizeof(float)) : NULL; /* n per thread */
     if (!part || (silu && !dyall)) {
@@ -646,7 +629,7 @@ void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *d
         int g = (int)(bg % groups);
         size_t base = (size_t)bg * n;
         groupnorm_backward_group(dinp ? dinp + base : NULL, part + 2 * (size_t)bg * cg,
-                                 silu ? dyall + (size_t)thread_num() * n : NULL, dout + base, inp + base,
+                                 silu ? dyall + (size_t)cpu_thread_num() * n : NULL, dout + base, inp + base,
                                  out ? out + base : NULL, gamma ? gamma + g * cg : NULL,
                                  beta ? beta + g * cg : NULL, cg, HW, eps, silu);
     }
