@@ -307,8 +307,9 @@ static void test_conv_gemm_vs_naive(void)
 /* The stride-1 direct kernels (conv_direct.c) under each instruction set against the packed forward and the
  * naive backward (with DDPM_CPU_SIMD=generic), on shapes that leave every block partial: channels not
  * multiples of the 8/6-channel forward or 3-channel weight-gradient blocks, K = Ci k k not a multiple of the
- * 9 input streams, grids that end mid-vector, asymmetric and zero padding, 1x1 images, padding up to k - 1.
- */
+ * 9 input streams, grids that end mid-vector, asymmetric and zero padding, 1x1 images, padding up to k - 1;
+ * for Winograd (3x3, 8+ channels each way, 192+ tiles in a group of images): single and paired tile rows,
+ * partial last groups. */
 static void test_conv_direct_case(const char *simd, int B, int Ci, int H, int W, int Co, int k, int pt,
                                   int pl, int pb, int pr)
 {
@@ -353,11 +354,14 @@ static void test_conv_direct(void)
         test_conv_direct_case(simd[s], 1, 2, 6, 5, 4, 5, 2, 1, 0, 3);
         test_conv_direct_case(simd[s], 2, 4, 28, 28, 9, 3, 1, 1, 1, 1);
         test_conv_direct_case(simd[s], 5, 17, 7, 7, 10, 3, 1, 1, 1, 1);
+        test_conv_direct_case(simd[s], 13, 17, 7, 7, 10, 3, 1, 1, 1,
+                              1);                                       /* Winograd: groups of 12 images, 1 */
         test_conv_direct_case(simd[s], 2, 3, 4, 5, 2, 1, 1, 2, 0, 1);   /* padding past k - 1 */
-        test_conv_direct_case(simd[s], 3, 8, 14, 14, 8, 3, 1, 1, 1, 1); /* Winograd: tile rows in pairs */
+        test_conv_direct_case(simd[s], 3, 8, 14, 14, 8, 3, 1, 1, 1, 1); /* too few tiles for Winograd */
+        test_conv_direct_case(simd[s], 4, 8, 14, 14, 8, 3, 1, 1, 1, 1); /* Winograd: tile rows in pairs */
         test_conv_direct_case(simd[s], 2, 8, 28, 28, 9, 3, 1, 1, 1, 1); /* one tile row per vector */
-        test_conv_direct_case(simd[s], 2, 9, 5, 37, 11, 3, 1, 1, 1, 1); /* tile rows of 19: two vectors */
-        test_conv_direct_case(simd[s], 13, 8, 7, 7, 12, 3, 0, 1, 2, 0); /* 16 tiles per image, groups of 12 */
+        test_conv_direct_case(simd[s], 4, 9, 5, 37, 11, 3, 1, 1, 1, 1); /* tile rows of 19: two vectors */
+        test_conv_direct_case(simd[s], 20, 8, 7, 7, 12, 3, 0, 1, 2, 0); /* 12 tiles: groups of 16 and 4 */
     }
 }
 

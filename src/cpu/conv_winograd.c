@@ -227,6 +227,8 @@ int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float
     int th = (g.Ho + 1) / 2, tw = (g.Wo + 1) / 2, T = th * tw;
     int group = (WINO_GROUP_TILES + T - 1) / T;
     group = group > B ? B : group;
+    if (group * T < WINO_GROUP_TILES) /* the batch is too small to fill the products: direct is faster */
+        return 0;
     size_t tpad = ((size_t)group * T + PX - 1) / PX * PX;
     int ncb = (Co + FR - 1) / FR, CoP = ncb * FR;
     size_t vplane = (size_t)Ci * tpad, mplane = (size_t)CoP * tpad;
@@ -335,6 +337,8 @@ int dconv_winograd_dweight(const dconv_isa *isa, float *dw, const float *dout, c
     int th = (g.Ho + 1) / 2, tw = (g.Wo + 1) / 2, T = th * tw;
     int group = (WINO_GROUP_TILES + T - 1) / T;
     group = group > B ? B : group;
+    if (group * T < WINO_GROUP_TILES) /* the batch is too small to fill the products: direct is faster */
+        return 0;
     size_t tpad = ((size_t)group * T + 15) / 16 * 16;
     size_t vplane = (size_t)Ci * tpad, zplane = (size_t)Co * tpad;
     float *V = cpu_scratch(0, (size_t)16 * vplane * sizeof(float));

@@ -89,15 +89,20 @@ def run_torch(cfg, steps, batch, threads):
 
 
 def sgemm_rate(threads, n=2048, reps=5):
-    """GFLOP/s of torch's float32 n x n x n matrix product on `threads` threads: the machine's practical peak."""
-    import torch
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        torch.mm(a, b)
-    return 2.0 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+    """GFLOP/s of an n x n x n float32 matrix product (torch.mm) on `threads` threads: the machine's practical
+    peak. In a child process whose BLAS thread variables say `threads`, whatever this one's environment says."""
+    code = ('import time, torch\n'
+            f'torch.set_num_threads({threads})\n'
+            f'a, b = torch.randn({n}, {n}), torch.randn({n}, {n})\n'
+            'torch.mm(a, b)\n'
+            't0 = time.perf_counter()\n'
+            f'for _ in range({reps}):\n'
+            '    torch.mm(a, b)\n'
+            f'print(2.0 * {n} ** 3 * {reps} / (time.perf_counter() - t0) / 1e9)\n')
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
+    p = subprocess.run([sys.executable, '-c', code], env=env, stdout=subprocess.PIPE, text=True, check=True)
+    return float(p.stdout.strip())
 
 
 def main():
@@ -110,7 +115,13 @@ def main():
     ap.add_argument('--wait-policy', default='passive', choices=['passive', 'active', 'default'],
                     help='OMP_WAIT_POLICY for both runs (passive: idle threads sleep instead of spinning, which '
                          'matters on a machine shared with other work)')
+    ap.add_argument('--torch-blas-threads', type=int, default=1,
+                    help='OPENBLAS_NUM_THREADS for the PyTorch run (default 1: its OpenBLAS pool, used for the '
+                         'matrix products, otherwise competes with its OpenMP threads, which was slower here: '
+                         '81 against 94 img/s); ddpm-train keeps OpenBLAS on one thread per OpenMP thread itself')
     a = ap.parse_args()
+    # before torch is imported: OpenBLAS reads it when it loads
+    os.environ['OPENBLAS_NUM_THREADS'] = str(a.torch_blas_threads)
     if a.wait_policy != 'default':
         os.environ['OMP_WAIT_POLICY'] = a.wait_policy  # both libgomp users (ddpm-train, torch) read it
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,7 +131,8 @@ def main():
     peak = sgemm_rate(a.threads)
     print(f'network: block_out_channels {cfg["block_out_channels"]}, layers_per_block {cfg["layers_per_block"]}, '
           f'{cfg["down_block_types"]}, {cfg["sample_size"]}x{cfg["sample_size"]}x{cfg["in_channels"]}; '
-          f'batch {a.batch}, {a.threads} threads, {a.steps} steps each, OMP_WAIT_POLICY {a.wait_policy}')
+          f'batch {a.batch}, {a.threads} threads, {a.steps} steps each, OMP_WAIT_POLICY {a.wait_policy}, '
+          f'OPENBLAS_NUM_THREADS {a.torch_blas_threads} for PyTorch')
     print(f'pytorch {version}: {theirs:.2f} img/s, {theirs_cpu:.4f} CPU-s/img')
     print(f'ddpm-train:         {ours:.2f} img/s, {ours_cpu:.4f} CPU-s/img')
     print(f'ratio ddpm-train / pytorch: {ours / theirs:.2f}x img/s, {theirs_cpu / ours_cpu:.2f}x img per CPU-s')
