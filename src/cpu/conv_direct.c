@@ -1,6 +1,6 @@
-/* conv_direct.c: stride-1 convolution without im2col, for the training forward and backward. Each input
- * channel is copied once into rows of Wp = Z + W floats, Z zeros before each row (Z = max(pl, pr): the zeros
- * ahead of a row are also the right padding of the one before); output pixel q = oy * Wp + ox of this
+/* conv_direct.c: stride-1 convolution without im2col, for the CPU forward and the training backward. Each
+ * input channel is copied once into rows of Wp = Z + W floats, Z zeros before each row (Z = max(pl, pr): the
+ * zeros ahead of a row are also the right padding of the one before); output pixel q = oy * Wp + ox of this
  * flattened grid is then the sum over (ci, ky, kx) of w * xp[ci][q + ky * Wp + kx + Z - pl], so every tap is
  * one contiguous vector load at a fixed shift and weights are broadcast from a packed copy. Grid columns
  * ox >= Wo are computed and dropped (Wp / Wo more work: 4% at 28x28, 14% at 7x7).
@@ -9,8 +9,9 @@
  *   dW        += scale * sum over images and grid pixels of dout * shifted x: vectors reduced at the end
  * Kernels for AVX-512 and AVX2+FMA (conv_direct_kernels.h) are picked at run time; the callers take the
  * im2col + GEMM path when neither is there, or with DDPM_CPU_SIMD=generic (DDPM_CPU_SIMD=avx2 keeps an
- * AVX-512 machine on AVX2, and DDPM_CPU_SIMD=direct keeps the 3x3 forward off Winograd, for the tests).
- * On AVX-512, 3x3 forwards with 8 or more channels each way go to conv_winograd.c. */
+ * AVX-512 machine on AVX2, and DDPM_CPU_SIMD=direct keeps 3x3 convolutions off Winograd, for the tests).
+ * On AVX-512, 3x3 forwards and weight gradients with 8 or more channels each way and enough images to fill
+ * a group of tiles go to conv_winograd.c. */
 #include "cpu.h"
 
 #include <stdlib.h>
@@ -89,7 +90,17 @@ static const dconv_isa *dconv_pick(void)
     return NULL;
 }
 
-dconv_geom dconv_geometry(int C, int H, int W, int k, int pt, int pl, int pb, int pr, int block)
+/* The flattened grid of a stride-1 convolution of a (C, H, W) input with padding (pt, pl, pb, pr). */
+typedef struct dconv_geom {
+    int C, H, W, k, pt, pl, Hp, Wp, Ho, Wo;
+    int Z;     /* zeros ahead of each row */
+    int shift; /* Z - pl: the read offset of tap (0, 0) */
+    int nq;    /* Ho * Wp grid pixels */
+    int qp;    /* nq rounded up to whole blocks of `block` floats */
+    size_t cs; /* floats per padded channel: every shifted read of the last block stays inside */
+} dconv_geom;
+
+static dconv_geom dconv_geometry(int C, int H, int W, int k, int pt, int pl, int pb, int pr, int block)
 {
     dconv_geom g = {.C = C, .H = H, .W = W, .k = k, .pt = pt, .pl = pl};
     g.Hp = H + pt + pb;
@@ -108,7 +119,8 @@ dconv_geom dconv_geometry(int C, int H, int W, int k, int pt, int pl, int pb, in
     return g;
 }
 
-void dconv_pad(float *dst, const float *x, const dconv_geom *g, int c0, int c1)
+/* dst (C, cs) = x (C, H, W) zero-padded onto the grid; channels c0 .. c1 - 1. */
+static void dconv_pad(float *dst, const float *x, const dconv_geom *g, int c0, int c1)
 {
     /* one memset per channel and plain row copies: the rows are short and per-row calls cost more than
      * the copies */

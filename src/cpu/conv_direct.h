@@ -18,20 +18,6 @@ typedef struct dconv_isa {
                size_t xstride, int nv, float *sums);
 } dconv_isa;
 
-/* The flattened grid of a stride-1 convolution of a (C, H, W) input with padding (pt, pl, pb, pr). */
-typedef struct dconv_geom {
-    int C, H, W, k, pt, pl, Hp, Wp, Ho, Wo;
-    int Z;     /* zeros ahead of each row */
-    int shift; /* Z - pl: the read offset of tap (0, 0) */
-    int nq;    /* Ho * Wp grid pixels */
-    int qp;    /* nq rounded up to whole blocks of `block` floats */
-    size_t cs; /* floats per padded channel: every shifted read of the last block stays inside */
-} dconv_geom;
-
-dconv_geom dconv_geometry(int C, int H, int W, int k, int pt, int pl, int pb, int pr, int block);
-/* dst (C, cs) = x (C, H, W) zero-padded onto the grid; channels c0 .. c1 - 1. */
-void dconv_pad(float *dst, const float *x, const dconv_geom *g, int c0, int c1);
-
 /* The 3x3 forward by Winograd F(2x2, 3x3) on AVX-512 (conv_winograd.c), same contract as conv_direct.c's
  * dconv_forward: returns 0 when it did nothing (shape not worth it, no AVX-512 build, out of memory). */
 int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float *w, int flip,

@@ -1,12 +1,16 @@
-/* conv_winograd.c: the 3x3 stride-1 forward (and through it the input gradient) by Winograd's F(2x2, 3x3)
- * on AVX-512. A 2x2 output tile is A^T [(G g G^T) . (B^T d B)] A of its 4x4 input patch d, so 16 products
- * per (output channel, input channel, tile) replace 36 multiply-adds. Per group of images:
- *   V[xi][ci][tile] = (B^T d B)[xi]      input transform, 16 tiles of a tile row per vector
+/* conv_winograd.c: 3x3 stride-1 convolutions by Winograd's F(2x2, 3x3) on AVX-512: the forward (and through
+ * it the input gradient) and the weight gradient. A 2x2 output tile is A^T [(G g G^T) . (B^T d B)] A of its
+ * 4x4 input patch d, so 16 products per (output channel, input channel, tile) replace 36 multiply-adds.
+ * Forward, per group of images:
+ *   V[xi][ci][tile] = (B^T d B)[xi]      input transform, straight from the image (masked loads)
  *   M[xi] = U[xi] V[xi]                  16 matrix products over the input channels, on conv_direct's
  *                                        forward kernel (U[xi][co][ci] = (G g G^T)[xi], packed once)
  *   out = epilogue(A^T M A)              output transform, written as whole output rows
- * The tiles of a tile row sit side by side, so even and odd input columns are split by permutes and the
- * outputs' columns interleaved back the same way. Rounding differs from the direct sum by a few ulps. */
+ * Weight gradient: dU[xi] = sum over tiles of (A dY A^T)[xi] V[xi] on the weight-gradient kernel, then
+ * dW = G^T dU G. A vector holds 16 tiles of a tile row, or two whole tile rows of up to 8 tiles: even and
+ * odd input columns are split by permutes and output columns interleaved back the same way. Only when a
+ * group fills WINO_GROUP_TILES tiles (else the products run mostly empty and the direct kernel is faster).
+ * Rounding differs from the direct sum by a few ulps. */
 #include "conv_direct.h"
 #include "cpu.h"
 #include "threads.h"
@@ -223,8 +227,8 @@ int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float
         (env && strcmp(env, "direct") == 0))
         return 0;
     int FR = isa->fr, PX = isa->fp * isa->vl;
-    dconv_geom g = dconv_geometry(Ci, H, W, 3, pt, pl, pb, pr, PX);
-    int th = (g.Ho + 1) / 2, tw = (g.Wo + 1) / 2, T = th * tw;
+    int Ho = H + pt + pb - 2, Wo = W + pl + pr - 2;
+    int th = (Ho + 1) / 2, tw = (Wo + 1) / 2, T = th * tw;
     int group = (WINO_GROUP_TILES + T - 1) / T;
     group = group > B ? B : group;
     if (group * T < WINO_GROUP_TILES) /* the batch is too small to fill the products: direct is faster */
@@ -243,7 +247,7 @@ int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float
     static const int offs0[1] = {0};
     int serial = cpu_in_parallel() || (int64_t)Co * Ci * 16 * T * B < DCONV_PARALLEL_MIN;
     (void)serial; /* only the OpenMP pragmas read it */
-    int HWo = g.Ho * g.Wo;
+    int HWo = Ho * Wo;
     for (int b0 = 0; b0 < B; b0 += group) {
         int nb = B - b0 < group ? B - b0 : group;
         for (int bi = 0; bi < nb; bi++) {
@@ -274,7 +278,7 @@ int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float
                 size_t ob = ((size_t)b * Co + co) * HWo;
                 float add = (bias ? bias[co] : 0.0f) + (temb ? temb[(size_t)b * Co + co] : 0.0f);
                 wino_output(out + ob, res ? res + ob : NULL, M + (size_t)co * tpad, mplane, (size_t)bi * T,
-                            g.Ho, g.Wo, th, tw, add, scale, accumulate);
+                            Ho, Wo, th, tw, add, scale, accumulate);
             }
     }
     return 1;
@@ -333,8 +337,8 @@ int dconv_winograd_dweight(const dconv_isa *isa, float *dw, const float *dout, c
         return 0;
     enum { WM = 9 }; /* input streams per weight-gradient kernel call */
     int WR = isa->wr;
-    dconv_geom g = dconv_geometry(Ci, H, W, 3, pt, pl, pb, pr, 16);
-    int th = (g.Ho + 1) / 2, tw = (g.Wo + 1) / 2, T = th * tw;
+    int Ho = H + pt + pb - 2, Wo = W + pl + pr - 2;
+    int th = (Ho + 1) / 2, tw = (Wo + 1) / 2, T = th * tw;
     int group = (WINO_GROUP_TILES + T - 1) / T;
     group = group > B ? B : group;
     if (group * T < WINO_GROUP_TILES) /* the batch is too small to fill the products: direct is faster */
@@ -349,7 +353,7 @@ int dconv_winograd_dweight(const dconv_isa *isa, float *dw, const float *dout, c
     memset(dU, 0, (size_t)16 * Co * Ci * sizeof(float));
     int serial = cpu_in_parallel() || (int64_t)Co * Ci * 16 * T * B < DCONV_PARALLEL_MIN;
     (void)serial; /* only the OpenMP pragmas read it */
-    int HWo = g.Ho * g.Wo, ncb = (Co + WR - 1) / WR, nchunk = (Ci + WM - 1) / WM;
+    int HWo = Ho * Wo, ncb = (Co + WR - 1) / WR, nchunk = (Ci + WM - 1) / WM;
     for (int b0 = 0; b0 < B; b0 += group) {
         int nb = B - b0 < group ? B - b0 : group;
         size_t nt = (size_t)nb * T, nv = (nt + 15) / 16;
@@ -363,7 +367,7 @@ int dconv_winograd_dweight(const dconv_isa *isa, float *dw, const float *dout, c
         for (int bi = 0; bi < nb; bi++)
             for (int co = 0; co < Co; co++)
                 wino_grad_output(Z + (size_t)co * tpad, zplane, (size_t)bi * T,
-                                 dout + ((size_t)(b0 + bi) * Co + co) * HWo, g.Ho, g.Wo, th, tw);
+                                 dout + ((size_t)(b0 + bi) * Co + co) * HWo, Ho, Wo, th, tw);
         /* tiles past the group's add nothing: zero in both factors */
         for (size_t r = 0; r < (size_t)16 * Ci; r++)
             memset(V + r * tpad + nt, 0, (nv * 16 - nt) * sizeof(float));
