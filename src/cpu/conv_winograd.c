@@ -31,6 +31,8 @@
 #define WINO_MIN_CHANNELS 8
 /* Tiles per group of images: enough for a few of the forward kernel's pixel blocks per product. */
 #define WINO_GROUP_TILES 192
+/* Tiles per pass of a large image (bands of tile rows) */
+#define WINO_MAX_TILES 2048
 
 /* U[xi][cb][ci][r] = (G g G^T)[xi] of output channel cb * FR + r (zero past Co) and input channel ci; g is
  * w[co][ci], or with flip the transposed, flipped w[ci][co] (see conv_direct.c). */
@@ -132,19 +134,19 @@ wino_patch(__m512 d[4][4], const float *x, int H, int W, int ya, int ca, int yb,
  */
 __attribute__((target("avx512f"))) static void wino_input(float *V, size_t vplane, size_t tpad, size_t t0,
                                                           const float *x, int H, int W, int pt, int pl,
-                                                          int th, int tw, int c0, int c1)
+                                                          int ty0, int ty1, int tw, int c0, int c1)
 {
     wino_lanes L = wino_lanes_for(tw);
     for (int ci = c0; ci < c1; ci++) {
         const float *xc = x + (size_t)ci * H * W;
         float *vc = V + (size_t)ci * tpad + t0;
-        for (int ty = 0; ty < th; ty += L.pair ? 2 : 1)
+        for (int ty = ty0; ty < ty1; ty += L.pair ? 2 : 1)
             for (int tx0 = 0; tx0 < tw; tx0 += 16) {
                 __m512 d[4][4], t[4][4];
                 int n = tw - tx0 < 16 ? tw - tx0 : 16;
                 if (L.pair) {
                     wino_patch(d, xc, H, W, 2 * ty - pt, -pl, 2 * ty + 2 - pt, -pl, &L);
-                    n = ty + 1 < th ? 2 * tw : tw;
+                    n = ty + 1 < ty1 ? 2 * tw : tw;
                 } else {
                     wino_patch(d, xc, H, W, 2 * ty - pt, 2 * tx0 - pl, 2 * ty - pt, 2 * tx0 + 16 - pl, &L);
                 }
@@ -155,7 +157,7 @@ __attribute__((target("avx512f"))) static void wino_input(float *V, size_t vplan
                     t[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
                 }
                 __mmask16 m = lanes(n);
-                float *v = vc + (size_t)ty * tw + tx0;
+                float *v = vc + (size_t)(ty - ty0) * tw + tx0;
                 for (int i = 0; i < 4; i++) { /* (B^T d) B */
                     float *vi = v + (size_t)(4 * i) * vplane;
                     _mm512_mask_storeu_ps(vi, m, _mm512_sub_ps(t[i][0], t[i][2]));
@@ -180,16 +182,18 @@ wino_store(float *out, const float *res, __m512 y, __m512 add, __m512 scale, int
     _mm512_mask_storeu_ps(out, m, v);
 }
 
-/* Output channel co of one image: out (Ho, Wo) (+)= epilogue of A^T M A from M[xi * mplane + t0 + tile]. */
+/* Output channel co of one image: out (Ho, Wo) (+)= epilogue of A^T M A for tile rows ty0 .. ty1 - 1, from
+ * M[xi * mplane + t0 + (ty - ty0) * tw + tx]. */
 __attribute__((target("avx512f"))) static void wino_output(float *out, const float *res, const float *M,
-                                                           size_t mplane, size_t t0, int Ho, int Wo, int th,
-                                                           int tw, float add, float scale, int accumulate)
+                                                           size_t mplane, size_t t0, int Ho, int Wo, int ty0,
+                                                           int ty1, int tw, float add, float scale,
+                                                           int accumulate)
 {
     wino_lanes L = wino_lanes_for(tw);
     __m512 vadd = _mm512_set1_ps(add), vscale = _mm512_set1_ps(scale);
-    for (int ty = 0; ty < th; ty += L.pair ? 2 : 1)
+    for (int ty = ty0; ty < ty1; ty += L.pair ? 2 : 1)
         for (int tx0 = 0; tx0 < tw; tx0 += 16) {
-            const float *mt = M + t0 + (size_t)ty * tw + tx0;
+            const float *mt = M + t0 + (size_t)(ty - ty0) * tw + tx0;
             __m512 m[16], s[2][4];
             for (int xi = 0; xi < 16; xi++)
                 m[xi] = _mm512_loadu_ps(mt + (size_t)xi * mplane);
@@ -209,13 +213,45 @@ __attribute__((target("avx512f"))) static void wino_output(float *out, const flo
                     wino_store(out + e, res ? res + e : NULL, _mm512_permutex2var_ps(y0, L.ia, y1), vadd,
                                vscale, accumulate, lanes(n0));
                 }
-                if (oy1 < Ho && n1 > 0 && (!L.pair || ty + 1 < th)) {
+                if (oy1 < Ho && n1 > 0 && (!L.pair || ty + 1 < ty1)) {
                     size_t e = (size_t)oy1 * Wo + c1;
                     wino_store(out + e, res ? res + e : NULL, _mm512_permutex2var_ps(y0, L.ib, y1), vadd,
                                vscale, accumulate, lanes(n1));
                 }
             }
         }
+}
+
+/* How a call walks its tiles: passes over a group of whole images (small images), or over a band of tile
+ * rows of one image (large ones, so the transformed planes stay within a few MiB), each pass tpad tiles at
+ * most. */
+typedef struct wino_plan {
+    int Ho, Wo, th, tw, T; /* output size; tile rows, tiles per row, tiles per image */
+    int group;             /* images per pass */
+    int band;              /* tile rows per pass (th when whole images) */
+    size_t tpad;           /* tiles a pass holds, rounded up to `block` */
+} wino_plan;
+
+/* 0 when Winograd is not worth it: the batch cannot fill a group of WINO_GROUP_TILES tiles (the products
+ * would run mostly empty, and the direct kernel is faster). */
+static int wino_plan_for(wino_plan *p, int B, int H, int W, int pt, int pl, int pb, int pr, int block)
+{
+    p->Ho = H + pt + pb - 2;
+    p->Wo = W + pl + pr - 2;
+    p->th = (p->Ho + 1) / 2;
+    p->tw = (p->Wo + 1) / 2;
+    p->T = p->th * p->tw;
+    p->group = (WINO_GROUP_TILES + p->T - 1) / p->T;
+    p->group = p->group > B ? B : p->group;
+    if (p->group * p->T < WINO_GROUP_TILES)
+        return 0;
+    p->band = p->th;
+    if (p->T > WINO_MAX_TILES) { /* an even number of rows: paired tile rows stay paired */
+        p->band = WINO_MAX_TILES / p->tw / 2 * 2;
+        p->band = p->band < 2 ? 2 : p->band;
+    }
+    p->tpad = ((size_t)p->group * p->band * p->tw + block - 1) / block * block;
+    return 1;
 }
 
 int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float *w, int flip,
@@ -227,13 +263,10 @@ int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float
         (env && strcmp(env, "direct") == 0))
         return 0;
     int FR = isa->fr, PX = isa->fp * isa->vl;
-    int Ho = H + pt + pb - 2, Wo = W + pl + pr - 2;
-    int th = (Ho + 1) / 2, tw = (Wo + 1) / 2, T = th * tw;
-    int group = (WINO_GROUP_TILES + T - 1) / T;
-    group = group > B ? B : group;
-    if (group * T < WINO_GROUP_TILES) /* the batch is too small to fill the products: direct is faster */
+    wino_plan P;
+    if (!wino_plan_for(&P, B, H, W, pt, pl, pb, pr, PX))
         return 0;
-    size_t tpad = ((size_t)group * T + PX - 1) / PX * PX;
+    size_t tpad = P.tpad;
     int ncb = (Co + FR - 1) / FR, CoP = ncb * FR;
     size_t vplane = (size_t)Ci * tpad, mplane = (size_t)CoP * tpad;
     float *U = cpu_scratch(0, (size_t)16 * CoP * Ci * sizeof(float));
@@ -245,57 +278,62 @@ int dconv_winograd(const dconv_isa *isa, float *out, const float *x, const float
     memset(M + (size_t)16 * mplane, 0, 16 * sizeof(float));
     wino_weights(U, w, flip, Ci, Co, FR, ncb);
     static const int offs0[1] = {0};
-    int serial = cpu_in_parallel() || (int64_t)Co * Ci * 16 * T * B < DCONV_PARALLEL_MIN;
+    int serial = cpu_in_parallel() || (int64_t)Co * Ci * 16 * P.T * B < DCONV_PARALLEL_MIN;
     (void)serial; /* only the OpenMP pragmas read it */
-    int HWo = Ho * Wo;
-    for (int b0 = 0; b0 < B; b0 += group) {
-        int nb = B - b0 < group ? B - b0 : group;
-        for (int bi = 0; bi < nb; bi++) {
-            const float *xb = x + (size_t)(b0 + bi) * Ci * H * W;
+    int HWo = P.Ho * P.Wo;
+    for (int b0 = 0; b0 < B; b0 += P.group)
+        for (int ty0 = 0; ty0 < P.th; ty0 += P.band) {
+            int nb = B - b0 < P.group ? B - b0 : P.group;
+            int ty1 = ty0 + P.band < P.th ? ty0 + P.band : P.th,
+                Tb = (ty1 - ty0) * P.tw; /* tiles per image */
+            size_t nt = (size_t)nb * Tb, nq = (nt + PX - 1) / PX * PX;
+            for (int bi = 0; bi < nb; bi++) {
+                const float *xb = x + (size_t)(b0 + bi) * Ci * H * W;
 #pragma omp parallel for if (!serial)
-            for (int c = 0; c < Ci; c++)
-                wino_input(V, vplane, tpad, (size_t)bi * T, xb, H, W, pt, pl, th, tw, c, c + 1);
-        }
-        int nq = (nb * T + PX - 1) / PX * PX;
-        /* zero what the products read past the group's tiles and what the output transform reads past the
-         * products' columns: those lanes are dropped, but stay finite */
-        for (size_t r = 0; r < (size_t)16 * Ci; r++)
-            memset(V + r * tpad + (size_t)nb * T, 0, (tpad - (size_t)nb * T) * sizeof(float));
-        for (size_t r = 0; r < (size_t)16 * CoP; r++)
-            memset(M + r * tpad + nq, 0, (tpad - (size_t)nq) * sizeof(float));
-#pragma omp parallel for schedule(dynamic) if (!serial)
-        for (int task = 0; task < 16 * ncb; task++) {
-            int xi = task / ncb, cb = task % ncb;
-            const float *u = U + ((size_t)xi * ncb + cb) * Ci * FR;
-            float *m = M + (size_t)xi * mplane + (size_t)cb * FR * tpad;
-            for (int q0 = 0; q0 < nq; q0 += PX)
-                isa->fwd(V + (size_t)xi * vplane + q0, tpad, Ci, offs0, 1, u, m + q0, tpad);
-        }
-#pragma omp parallel for collapse(2) if (!serial)
-        for (int bi = 0; bi < nb; bi++)
-            for (int co = 0; co < Co; co++) {
-                int b = b0 + bi;
-                size_t ob = ((size_t)b * Co + co) * HWo;
-                float add = (bias ? bias[co] : 0.0f) + (temb ? temb[(size_t)b * Co + co] : 0.0f);
-                wino_output(out + ob, res ? res + ob : NULL, M + (size_t)co * tpad, mplane, (size_t)bi * T,
-                            Ho, Wo, th, tw, add, scale, accumulate);
+                for (int c = 0; c < Ci; c++)
+                    wino_input(V, vplane, tpad, (size_t)bi * Tb, xb, H, W, pt, pl, ty0, ty1, P.tw, c, c + 1);
             }
-    }
+            /* zero what the products read past the pass's tiles and what the output transform reads past the
+             * products' columns: those lanes are dropped, but stay finite */
+            for (size_t r = 0; r < (size_t)16 * Ci; r++)
+                memset(V + r * tpad + nt, 0, (tpad - nt) * sizeof(float));
+            for (size_t r = 0; r < (size_t)16 * CoP; r++)
+                memset(M + r * tpad + nq, 0, (tpad - nq) * sizeof(float));
+#pragma omp parallel for schedule(dynamic) if (!serial)
+            for (int task = 0; task < 16 * ncb; task++) {
+                int xi = task / ncb, cb = task % ncb;
+                const float *u = U + ((size_t)xi * ncb + cb) * Ci * FR;
+                float *m = M + (size_t)xi * mplane + (size_t)cb * FR * tpad;
+                for (size_t q0 = 0; q0 < nq; q0 += (size_t)PX)
+                    isa->fwd(V + (size_t)xi * vplane + q0, tpad, Ci, offs0, 1, u, m + q0, tpad);
+            }
+#pragma omp parallel for collapse(2) if (!serial)
+            for (int bi = 0; bi < nb; bi++)
+                for (int co = 0; co < Co; co++) {
+                    int b = b0 + bi;
+                    size_t ob = ((size_t)b * Co + co) * HWo;
+                    float add = (bias ? bias[co] : 0.0f) + (temb ? temb[(size_t)b * Co + co] : 0.0f);
+                    wino_output(out + ob, res ? res + ob : NULL, M + (size_t)co * tpad, mplane,
+                                (size_t)bi * Tb, P.Ho, P.Wo, ty0, ty1, P.tw, add, scale, accumulate);
+                }
+        }
     return 1;
 }
 
-/* Output channel co of one image's dout (Ho, Wo) to Z[xi * zplane + t0 + tile] = (A dY A^T)[xi] of its 2x2
- * tiles (zero past the image): the weight gradient's transform of the output gradient. */
-__attribute__((target("avx512f"))) static void
-wino_grad_output(float *Z, size_t zplane, size_t t0, const float *dout, int Ho, int Wo, int th, int tw)
+/* Output channel co of one image's dout (Ho, Wo) to Z[xi * zplane + t0 + (ty - ty0) * tw + tx] = (A dY
+ * A^T)[xi] of its 2x2 tiles in tile rows ty0 .. ty1 - 1 (zero past the image): the weight gradient's
+ * transform of the output gradient. */
+__attribute__((target("avx512f"))) static void wino_grad_output(float *Z, size_t zplane, size_t t0,
+                                                                const float *dout, int Ho, int Wo, int ty0,
+                                                                int ty1, int tw)
 {
     wino_lanes L = wino_lanes_for(tw);
-    for (int ty = 0; ty < th; ty += L.pair ? 2 : 1)
+    for (int ty = ty0; ty < ty1; ty += L.pair ? 2 : 1)
         for (int tx0 = 0; tx0 < tw; tx0 += 16) {
             int n = tw - tx0 < 16 ? tw - tx0 : 16;
             int yb = 2 * ty, cb = 2 * tx0 + 16;
             if (L.pair) {
-                n = ty + 1 < th ? 2 * tw : tw;
+                n = ty + 1 < ty1 ? 2 * tw : tw;
                 yb = 2 * ty + 2;
                 cb = 0;
             }
@@ -314,7 +352,7 @@ wino_grad_output(float *Z, size_t zplane, size_t t0, const float *dout, int Ho, 
                 r[3][j] = _mm512_sub_ps(_mm512_setzero_ps(), y[1][j]);
             }
             __mmask16 m = lanes(n);
-            float *z = Z + t0 + (size_t)ty * tw + tx0;
+            float *z = Z + t0 + (size_t)(ty - ty0) * tw + tx0;
             for (int i = 0; i < 4; i++) { /* (A dY) A^T */
                 float *zi = z + (size_t)(4 * i) * zplane;
                 _mm512_mask_storeu_ps(zi, m, r[i][0]);
@@ -337,60 +375,60 @@ int dconv_winograd_dweight(const dconv_isa *isa, float *dw, const float *dout, c
         return 0;
     enum { WM = 9 }; /* input streams per weight-gradient kernel call */
     int WR = isa->wr;
-    int Ho = H + pt + pb - 2, Wo = W + pl + pr - 2;
-    int th = (Ho + 1) / 2, tw = (Wo + 1) / 2, T = th * tw;
-    int group = (WINO_GROUP_TILES + T - 1) / T;
-    group = group > B ? B : group;
-    if (group * T < WINO_GROUP_TILES) /* the batch is too small to fill the products: direct is faster */
+    wino_plan P;
+    if (!wino_plan_for(&P, B, H, W, pt, pl, pb, pr, 16))
         return 0;
-    size_t tpad = ((size_t)group * T + 15) / 16 * 16;
-    size_t vplane = (size_t)Ci * tpad, zplane = (size_t)Co * tpad;
+    size_t tpad = P.tpad, vplane = (size_t)Ci * tpad, zplane = (size_t)Co * tpad;
     float *V = cpu_scratch(0, (size_t)16 * vplane * sizeof(float));
     float *Z = cpu_scratch(1, (size_t)16 * zplane * sizeof(float));
     float *dU = cpu_scratch(2, (size_t)16 * Co * Ci * sizeof(float));
     if (!V || !Z || !dU)
         return 0;
     memset(dU, 0, (size_t)16 * Co * Ci * sizeof(float));
-    int serial = cpu_in_parallel() || (int64_t)Co * Ci * 16 * T * B < DCONV_PARALLEL_MIN;
+    int serial = cpu_in_parallel() || (int64_t)Co * Ci * 16 * P.T * B < DCONV_PARALLEL_MIN;
     (void)serial; /* only the OpenMP pragmas read it */
-    int HWo = Ho * Wo, ncb = (Co + WR - 1) / WR, nchunk = (Ci + WM - 1) / WM;
-    for (int b0 = 0; b0 < B; b0 += group) {
-        int nb = B - b0 < group ? B - b0 : group;
-        size_t nt = (size_t)nb * T, nv = (nt + 15) / 16;
-        for (int bi = 0; bi < nb; bi++) {
-            const float *xb = x + (size_t)(b0 + bi) * Ci * H * W;
+    int HWo = P.Ho * P.Wo, ncb = (Co + WR - 1) / WR, nchunk = (Ci + WM - 1) / WM;
+    for (int b0 = 0; b0 < B; b0 += P.group)
+        for (int ty0 = 0; ty0 < P.th; ty0 += P.band) {
+            int nb = B - b0 < P.group ? B - b0 : P.group;
+            int ty1 = ty0 + P.band < P.th ? ty0 + P.band : P.th,
+                Tb = (ty1 - ty0) * P.tw; /* tiles per image */
+            size_t nt = (size_t)nb * Tb, nv = (nt + 15) / 16;
+            for (int bi = 0; bi < nb; bi++) {
+                const float *xb = x + (size_t)(b0 + bi) * Ci * H * W;
 #pragma omp parallel for if (!serial)
-            for (int c = 0; c < Ci; c++)
-                wino_input(V, vplane, tpad, (size_t)bi * T, xb, H, W, pt, pl, th, tw, c, c + 1);
-        }
+                for (int c = 0; c < Ci; c++)
+                    wino_input(V, vplane, tpad, (size_t)bi * Tb, xb, H, W, pt, pl, ty0, ty1, P.tw, c, c + 1);
+            }
 #pragma omp parallel for collapse(2) if (!serial)
-        for (int bi = 0; bi < nb; bi++)
-            for (int co = 0; co < Co; co++)
-                wino_grad_output(Z + (size_t)co * tpad, zplane, (size_t)bi * T,
-                                 dout + ((size_t)(b0 + bi) * Co + co) * HWo, Ho, Wo, th, tw);
-        /* tiles past the group's add nothing: zero in both factors */
-        for (size_t r = 0; r < (size_t)16 * Ci; r++)
-            memset(V + r * tpad + nt, 0, (nv * 16 - nt) * sizeof(float));
-        for (size_t r = 0; r < (size_t)16 * Co; r++)
-            memset(Z + r * tpad + nt, 0, (nv * 16 - nt) * sizeof(float));
+            for (int bi = 0; bi < nb; bi++)
+                for (int co = 0; co < Co; co++)
+                    wino_grad_output(Z + (size_t)co * tpad, zplane, (size_t)bi * Tb,
+                                     dout + ((size_t)(b0 + bi) * Co + co) * HWo, P.Ho, P.Wo, ty0, ty1, P.tw);
+            /* tiles past the pass's add nothing: zero in both factors */
+            for (size_t r = 0; r < (size_t)16 * Ci; r++)
+                memset(V + r * tpad + nt, 0, (nv * 16 - nt) * sizeof(float));
+            for (size_t r = 0; r < (size_t)16 * Co; r++)
+                memset(Z + r * tpad + nt, 0, (nv * 16 - nt) * sizeof(float));
 #pragma omp parallel for schedule(dynamic) if (!serial)
-        for (int task = 0; task < 16 * ncb; task++) {
-            int xi = task / ncb, cb = task % ncb;
-            const float *grow[8];
-            size_t xoff[WM];
-            float sums[8 * WM];
-            for (int r = 0; r < WR; r++) /* rows past Co repeat row cb * WR; their sums are dropped */
-                grow[r] = Z + (size_t)xi * zplane + (size_t)(cb * WR + r < Co ? cb * WR + r : cb * WR) * tpad;
-            for (int c = 0; c < nchunk; c++) {
-                for (int m = 0; m < WM; m++)
-                    xoff[m] = (size_t)(c * WM + m < Ci ? c * WM + m : 0) * tpad;
-                isa->dw(grow, V + (size_t)xi * vplane, xoff, 1, 0, 0, (int)nv, sums);
-                for (int r = 0; r < WR && cb * WR + r < Co; r++)
-                    for (int m = 0; m < WM && c * WM + m < Ci; m++)
-                        dU[((size_t)xi * Co + cb * WR + r) * Ci + c * WM + m] += sums[r * WM + m];
+            for (int task = 0; task < 16 * ncb; task++) {
+                int xi = task / ncb, cb = task % ncb;
+                const float *grow[8];
+                size_t xoff[WM];
+                float sums[8 * WM];
+                for (int r = 0; r < WR; r++) /* rows past Co repeat row cb * WR; their sums are dropped */
+                    grow[r] =
+                        Z + (size_t)xi * zplane + (size_t)(cb * WR + r < Co ? cb * WR + r : cb * WR) * tpad;
+                for (int c = 0; c < nchunk; c++) {
+                    for (int m = 0; m < WM; m++)
+                        xoff[m] = (size_t)(c * WM + m < Ci ? c * WM + m : 0) * tpad;
+                    isa->dw(grow, V + (size_t)xi * vplane, xoff, 1, 0, 0, (int)nv, sums);
+                    for (int r = 0; r < WR && cb * WR + r < Co; r++)
+                        for (int m = 0; m < WM && c * WM + m < Ci; m++)
+                            dU[((size_t)xi * Co + cb * WR + r) * Ci + c * WM + m] += sums[r * WM + m];
+                }
             }
         }
-    }
 #pragma omp parallel for if (!serial)
     for (int co = 0; co < Co; co++)
         for (int ci = 0; ci < Ci; ci++) {
