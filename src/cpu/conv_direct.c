@@ -10,8 +10,9 @@
  * Kernels for AVX-512 and AVX2+FMA (conv_direct_kernels.h) are picked at run time; the callers take the
  * im2col + GEMM path when neither is there, or with DDPM_CPU_SIMD=generic (DDPM_CPU_SIMD=avx2 keeps an
  * AVX-512 machine on AVX2, and DDPM_CPU_SIMD=direct keeps 3x3 convolutions off Winograd, for the tests).
- * On AVX-512, 3x3 forwards and weight gradients with 8 or more channels each way and enough images to fill
- * a group of tiles go to conv_winograd.c. */
+ * In training, on AVX-512, 3x3 convolutions with 8 or more channels each way and enough images to fill a
+ * group of tiles go to conv_winograd.c (sampling stays direct: an image's rounding must not depend on its
+ * batch). */
 #include "cpu.h"
 
 #include <stdlib.h>
@@ -155,13 +156,16 @@ static void store_run(float *dst, const float *src, const float *res, float add,
 /* The forward kernel over a batch: out (B, Co, Ho, Wo) = epilogue(conv(x (B, Ci, H, W), wv)) where the
  * weight of output o, input i, tap t is w[(o * Ci + i) * kk + t], or with flip w[(i * Co + o) * kk + kk - 1 -
  * t] (the transposed, flipped kernel of dinp). Epilogue: v = (acc + b[o] + temb[b, o] + res) * scale, then
- * out = v or out += v (accumulate). Returns 0 when out of memory (nothing written). */
-static int dconv_forward(const dconv_isa *isa, float *out, const float *x, const float *w, int flip,
-                         const float *bias, const float *temb, const float *res, float scale, int accumulate,
-                         int B, int Ci, int H, int W, int Co, int k, int pt, int pl, int pb, int pr)
+ * out = v or out += v (accumulate). With winograd, 3x3 convolutions may go to conv_winograd.c. Returns 0
+ * when out of memory (nothing written). */
+static int dconv_forward(const dconv_isa *isa, int winograd, float *out, const float *x, const float *w,
+                         int flip, const float *bias, const float *temb, const float *res, float scale,
+                         int accumulate, int B, int Ci, int H, int W, int Co, int k, int pt, int pl, int pb,
+                         int pr)
 {
-    if (k == 3 && dconv_winograd(isa, out, x, w, flip, bias, temb, res, scale, accumulate, B, Ci, H, W, Co,
-                                 pt, pl, pb, pr))
+    if (winograd && k == 3 &&
+        dconv_winograd(isa, out, x, w, flip, bias, temb, res, scale, accumulate, B, Ci, H, W, Co, pt, pl, pb,
+                       pr))
         return 1;
     int FR = isa->fr, PX = isa->fp * isa->vl, kk = k * k;
     dconv_geom g = dconv_geometry(Ci, H, W, k, pt, pl, pb, pr, PX);
@@ -290,12 +294,13 @@ static int dconv_dweight(const dconv_isa *isa, float *dw, const float *dout, con
 
 int conv2d_direct_forward(float *out, const float *inp, const float *w, const float *b, const float *temb,
                           const float *res, float scale, int B, int Ci, int H, int W, int Co, int k, int pt,
-                          int pl, int pb, int pr)
+                          int pl, int pb, int pr, int winograd)
 {
     const dconv_isa *isa = dconv_pick();
     if (!isa || k < 1 || B < 1 || Ci < 1 || Co < 1 || H + pt + pb < k || W + pl + pr < k)
         return 0;
-    return dconv_forward(isa, out, inp, w, 0, b, temb, res, scale, 0, B, Ci, H, W, Co, k, pt, pl, pb, pr);
+    return dconv_forward(isa, winograd, out, inp, w, 0, b, temb, res, scale, 0, B, Ci, H, W, Co, k, pt, pl,
+                         pb, pr);
 }
 
 int conv2d_direct_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
@@ -311,7 +316,7 @@ int conv2d_direct_backward(float *dinp, float *dw, const float *dout, const floa
     int Ho = H + pt + pb - k + 1, Wo = W + pl + pr - k + 1;
     if (dw && !dconv_dweight(isa, dw, dout, inp, scale, B, Ci, H, W, Co, k, pt, pl, pb, pr))
         return 0;
-    if (dinp && !dconv_forward(isa, dinp, dout, w, 1, NULL, NULL, NULL, scale, 1, B, Co, Ho, Wo, Ci, k,
+    if (dinp && !dconv_forward(isa, 1, dinp, dout, w, 1, NULL, NULL, NULL, scale, 1, B, Co, Ho, Wo, Ci, k,
                                k - 1 - pt, k - 1 - pl, k - 1 - pb, k - 1 - pr)) {
         /* dw is done; the caller's fallback must not add it twice */
         return -1;
@@ -323,10 +328,10 @@ int conv2d_direct_backward(float *dinp, float *dw, const float *dout, const floa
 
 int conv2d_direct_forward(float *out, const float *inp, const float *w, const float *b, const float *temb,
                           const float *res, float scale, int B, int Ci, int H, int W, int Co, int k, int pt,
-                          int pl, int pb, int pr)
+                          int pl, int pb, int pr, int winograd)
 {
     (void)out, (void)inp, (void)w, (void)b, (void)temb, (void)res, (void)scale, (void)B, (void)Ci, (void)H;
-    (void)W, (void)Co, (void)k, (void)pt, (void)pl, (void)pb, (void)pr;
+    (void)W, (void)Co, (void)k, (void)pt, (void)pl, (void)pb, (void)pr, (void)winograd;
     return 0;
 }
 

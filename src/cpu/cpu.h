@@ -38,12 +38,14 @@ void conv2d_forward_gemm(float *out, const float *inp, const float *w, const flo
                          const float *res, float scale, int B, int Ci, int H, int W, int Co, int k,
                          int stride, int pt, int pl, int pb, int pr);
 /* Stride-1 convolution without im2col (conv_direct.c), on AVX-512 or AVX2+FMA kernels picked at run time.
- * conv2d_direct_forward is conv2d_forward at stride 1; conv2d_direct_backward adds conv2d_backward's dinp
- * and dw (either may be NULL). Both return 0 when they did nothing (no such CPU, shape, or memory) and the
- * caller takes the im2col path; conv2d_direct_backward returns -1 when it added dw but not dinp. */
+ * conv2d_direct_forward is conv2d_forward at stride 1; with winograd it may take Winograd's transform
+ * (training: faster at large batches, but whether it does depends on the batch, so an image's rounding
+ * would too; conv2d_forward passes 0). conv2d_direct_backward adds conv2d_backward's dinp and dw (either
+ * may be NULL). Both return 0 when they did nothing (no such CPU, shape, or memory) and the caller takes
+ * the im2col path; conv2d_direct_backward returns -1 when it added dw but not dinp. */
 int conv2d_direct_forward(float *out, const float *inp, const float *w, const float *b, const float *temb,
                           const float *res, float scale, int B, int Ci, int H, int W, int Co, int k, int pt,
-                          int pl, int pb, int pr);
+                          int pl, int pb, int pr, int winograd);
 int conv2d_direct_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
                            float scale, int B, int Ci, int H, int W, int Co, int k, int pt, int pl, int pb,
                            int pr);

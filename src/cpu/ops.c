@@ -304,7 +304,7 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
     if (Ho <= 0 || Wo <= 0 || B <= 0 || Co <= 0)
         return;
     if (stride == 1 &&
-        conv2d_direct_forward(out, inp, w, b, temb, res, scale, B, Ci, H, W, Co, k, pt, pl, pb, pr))
+        conv2d_direct_forward(out, inp, w, b, temb, res, scale, B, Ci, H, W, Co, k, pt, pl, pb, pr, 0))
         return;
     int nr;
     conv_kernel_fn kernel = conv_pick_kernel(&nr);

@@ -331,7 +331,7 @@ void conv2d_forward_gemm(float *out, const float *inp, const float *w, const flo
     if (Ho <= 0 || Wo <= 0 || B <= 0 || Co <= 0)
         return;
     if (stride == 1 &&
-        conv2d_direct_forward(out, inp, w, b, temb, res, scale, B, Ci, H, W, Co, k, pt, pl, pb, pr))
+        conv2d_direct_forward(out, inp, w, b, temb, res, scale, B, Ci, H, W, Co, k, pt, pl, pb, pr, 1))
         return;
     int N = Ho * Wo, K = Ci * k * k;
     int64_t per_image = (int64_t)(K > Co ? K : Co) * N;
