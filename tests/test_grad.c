@@ -456,22 +456,46 @@ static void test_attention(int B, int C, int HW, int heads, int naive, int saved
     fd_free(&c);
 }
 
-/* The training forward's GEMM attention against the inference kernel. */
+/* The training forward's GEMM attention (saving the softmax) against the inference kernel (blocks of query
+ * rows), and their softmax against a softmax computed here in double. */
 static void test_attention_forward_gemm(int B, int C, int HW, int heads)
 {
-    int64_t n = (int64_t)B * C * HW;
+    int64_t n = (int64_t)B * C * HW, np = (int64_t)B * heads * HW * HW;
     float *q = randn(n, 1.0f), *k = randn(n, 1.0f), *v = randn(n, 1.0f);
     float *o[2] = {malloc((size_t)n * sizeof(float)), malloc((size_t)n * sizeof(float))};
-    attention_forward_gemm(o[0], NULL, q, k, v, B, C, HW, heads);
+    float *probs = malloc((size_t)np * sizeof(float)), *want = malloc((size_t)np * sizeof(float));
+    attention_forward_gemm(o[0], probs, q, k, v, B, C, HW, heads);
     attention_forward(o[1], q, k, v, B, C, HW, heads);
     char what[96];
     snprintf(what, sizeof what, "attention forward gemm vs kernel B%d C%d HW%d heads %d", B, C, HW, heads);
     CHECK(test_close(what, o[0], o[1], n, 1e-5f, 1e-5f), "%s", what);
+    int d = C / heads;
+    for (int64_t bh = 0; bh < (int64_t)B * heads; bh++) {
+        const float *qh = q + bh * d * HW, *kh = k + bh * d * HW;
+        for (int i = 0; i < HW; i++) {
+            double s[256], mx = -1e300, z = 0.0; /* HW <= 256 */
+            for (int j = 0; j < HW; j++) {
+                s[j] = 0.0;
+                for (int c = 0; c < d; c++)
+                    s[j] += (double)qh[c * HW + i] * kh[c * HW + j];
+                s[j] /= sqrt((double)d);
+                mx = s[j] > mx ? s[j] : mx;
+            }
+            for (int j = 0; j < HW; j++)
+                z += exp(s[j] - mx);
+            for (int j = 0; j < HW; j++)
+                want[(bh * HW + i) * HW + j] = (float)(exp(s[j] - mx) / z);
+        }
+    }
+    snprintf(what, sizeof what, "attention softmax B%d C%d HW%d heads %d", B, C, HW, heads);
+    CHECK(test_close(what, probs, want, np, 1e-5f, 1e-4f), "%s", what);
     free(q);
     free(k);
     free(v);
     free(o[0]);
     free(o[1]);
+    free(probs);
+    free(want);
 }
 
 static void up_fwd(fd_case *c, float *out)

@@ -19,6 +19,8 @@ void groupnorm_forward(float *out, const float *inp, const float *gamma, const f
 void groupnorm_stats(float *mean, float *rstd, const float *x, int64_t n, float eps);
 void attention_forward(float *out, const float *q, const float *k, const float *v, int B, int C, int HW,
                        int heads);
+/* softmax of each of the rows of P (rows x n, n >= 1), in place */
+void softmax_rows(float *P, int rows, int n);
 void upsample_forward(float *out, const float *inp, int B, int C, int H, int W);
 void concat_forward(float *out, const float *a, const float *b, int B, int Ca, int Cb, int HW);
 
@@ -55,8 +57,7 @@ void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *d
                         const float *out, const float *gamma, const float *beta, int B, int C, int HW,
                         int groups, float eps, int silu);
 /* attention_forward as two GEMMs per (batch item, head): the training forward's attention. probs (B, heads,
- * HW, HW) receives the softmax for attention_backward; NULL: an HW x HW scratch per thread instead
- * (cpu_scratch slot 0). */
+ * HW, HW) receives the softmax for attention_backward; NULL: attention_forward (blocks of query rows). */
 void attention_forward_gemm(float *out, float *probs, const float *q, const float *k, const float *v, int B,
                             int C, int HW, int heads);
 /* probs: the forward's softmax (attention_forward_gemm's), or NULL to recompute it per (batch item, head).

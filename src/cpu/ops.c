@@ -488,63 +488,87 @@ static void attention_row_noscratch(float *o, const float *q, const float *k, co
     }
 }
 
+/* The largest of p[0 .. n-1], n >= 1 (NaN when one is): the maximum of order-preserving unsigned keys of
+ * the floats, which vectorises (a running float maximum does not). */
+static inline float max_of(const float *p, int n)
+{
+    uint32_t m = 0;
+    for (int j = 0; j < n; j++) {
+        uint32_t u;
+        memcpy(&u, &p[j], sizeof u);
+        u ^= ((0u - (u >> 31)) >> 1) ^ 0x80000000u; /* negatives: magnitude bits flipped; sign bit flipped */
+        m = u > m ? u : m;
+    }
+    m ^= 0x80000000u;
+    m ^= (0u - (m >> 31)) >> 1;
+    float mx;
+    memcpy(&mx, &m, sizeof mx);
+    return mx;
+}
+
+/* p[j] = e^(p[j] - shift) for j < n (vexpf), returning their sum (16 partial sums: vectorised). */
+static inline float exp_shifted_sum(float *p, int n, float shift)
+{
+    float lane[16] = {0};
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int l = 0; l < 16; l++) {
+            float e = vexpf(p[j + l] - shift);
+            p[j + l] = e;
+            lane[l] += e;
+        }
+    float z = 0.0f;
+    for (; j < n; j++) {
+        p[j] = vexpf(p[j] - shift);
+        z += p[j];
+    }
+    for (int l = 0; l < 16; l++)
+        z += lane[l];
+    return z;
+}
+
+CPU_SIMD_CLONES void softmax_rows(float *P, int rows, int n)
+{
+    for (int i = 0; i < rows; i++) {
+        float *p = P + (size_t)i * n;
+        float z = exp_shifted_sum(p, n, max_of(p, n)), inv = 1.0f / z;
+        for (int j = 0; j < n; j++)
+            p[j] *= inv;
+    }
+}
+
 void attention_forward(float *out, const float *q, const float *k, const float *v, int B, int C, int HW,
                        int heads)
 {
-    // out (B,C,HW), q k v (B,C,HW); head h owns channels h*d .. h*d+d-1 (d = C/heads), as diffusers
-    if (heads <= 0 || C % heads || HW <= 0)
+    // out (B,C,HW), q k v (B,C,HW); head h owns channels h*d .. h*d+d-1 (d = C/heads), as diffusers.
+    // A task is a block of R query rows of one (item, head): S = softmax_rows(sc Q[:, rows]^T K) (R x HW),
+    // O[:, rows] = V S^T. The blocks depend on HW alone (never on the batch or the threads), so an
+    // image's result does not either; R * HW floats of scratch per thread (slot 0), not HW x HW.
+    if (heads <= 0 || C % heads || HW <= 0 || B <= 0)
         return;
     int d = C / heads;
     float sc = 1.0f / sqrtf((float)d);
-    int64_t rows = (int64_t)B * heads * HW;
-#pragma omp parallel if (rows * HW * d > 32768)
+    int nb = (HW + 63) / 64, R = (HW + nb - 1) / nb; /* blocks of at most 64 rows, evenly sized */
+    nb = (HW + R - 1) / R;
+    int64_t tasks = (int64_t)B * heads * nb;
+#pragma omp parallel if (tasks > 1 && tasks * R * HW * d > 65536)
     {
-        /* One row of scores per thread: never the whole HW x HW matrix. */
-        float *s = malloc((size_t)HW * sizeof(float));
-        float *qi = malloc((size_t)d * sizeof(float));
+        float *S = cpu_scratch(0, (size_t)R * HW * sizeof(float));
 #pragma omp for schedule(static)
-        for (int64_t row = 0; row < rows; row++) {
-            int i = (int)(row % HW);
-            int64_t bh = row / HW; /* = b * heads + h: the head's channel block starts at bh * d */
-            size_t off = (size_t)bh * d * HW;
+        for (int64_t t = 0; t < tasks; t++) {
+            int64_t bh = t / nb;
+            int r0 = (int)(t % nb) * R, nr = HW - r0 < R ? HW - r0 : R;
+            size_t off = (size_t)bh * d * HW; /* bh = b * heads + h: the head's channel block */
             const float *qh = q + off, *kh = k + off, *vh = v + off;
-            float *oh = out + off;
-            if (!s || !qi) {
-                attention_row_noscratch(oh, qh, kh, vh, d, HW, i, sc);
+            if (!S) { /* no scratch: each row on its own */
+                for (int i = r0; i < r0 + nr; i++)
+                    attention_row_noscratch(out + off, qh, kh, vh, d, HW, i, sc);
                 continue;
             }
-            for (int c = 0; c < d; c++)
-                qi[c] = qh[(size_t)c * HW + i] * sc;
-            for (int j = 0; j < HW; j++)
-                s[j] = 0.0f;
-            /* Four channels per sweep over the row: a quarter of the loads and stores of s. */
-            int c = 0;
-            for (; c + 4 <= d; c += 4) {
-                const float *k0 = kh + (size_t)c * HW, *k1 = k0 + HW, *k2 = k1 + HW, *k3 = k2 + HW;
-                float a0 = qi[c], a1 = qi[c + 1], a2 = qi[c + 2], a3 = qi[c + 3];
-                for (int j = 0; j < HW; j++)
-                    s[j] += a0 * k0[j] + a1 * k1[j] + a2 * k2[j] + a3 * k3[j];
-            }
-            for (; c < d; c++) {
-                const float *kc = kh + (size_t)c * HW;
-                float a = qi[c];
-                for (int j = 0; j < HW; j++)
-                    s[j] += a * kc[j];
-            }
-            float mx = -INFINITY;
-            for (int j = 0; j < HW; j++)
-                mx = fmaxf(mx, s[j]);
-            float z = 0.0f;
-            for (int j = 0; j < HW; j++) {
-                s[j] = expf(s[j] - mx);
-                z += s[j];
-            }
-            float inv = 1.0f / z;
-            for (int c = 0; c < d; c++)
-                oh[(size_t)c * HW + i] = dot(s, vh + (size_t)c * HW, HW) * inv;
+            cpu_sgemm(1, 0, nr, HW, d, sc, qh + r0, HW, kh, HW, 0.0f, S, HW);
+            softmax_rows(S, nr, HW);
+            cpu_sgemm(0, 1, d, nr, HW, 1.0f, vh, HW, S, HW, 0.0f, out + off + r0, HW);
         }
-        free(s);
-        free(qi);
     }
 }
 

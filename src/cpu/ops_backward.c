@@ -701,56 +701,6 @@ void attention_backward_naive(float *dq, float *dk, float *dv, const float *dout
     }
 }
 
-/* The largest of p[0 .. n-1], n >= 1 (NaN when one is): the maximum of order-preserving unsigned keys of
- * the floats, which vectorises (a running float maximum does not). */
-static inline float max_of(const float *p, int n)
-{
-    uint32_t m = 0;
-    for (int j = 0; j < n; j++) {
-        uint32_t u;
-        memcpy(&u, &p[j], sizeof u);
-        u ^= ((0u - (u >> 31)) >> 1) ^ 0x80000000u; /* negatives: magnitude bits flipped; sign bit flipped */
-        m = u > m ? u : m;
-    }
-    m ^= 0x80000000u;
-    m ^= (0u - (m >> 31)) >> 1;
-    float mx;
-    memcpy(&mx, &m, sizeof mx);
-    return mx;
-}
-
-/* p[j] = e^(p[j] - shift) for j < n (vexpf), returning their sum (16 partial sums: vectorised). */
-static inline float exp_shifted_sum(float *p, int n, float shift)
-{
-    float lane[16] = {0};
-    int j = 0;
-    for (; j + 16 <= n; j += 16)
-        for (int l = 0; l < 16; l++) {
-            float e = vexpf(p[j + l] - shift);
-            p[j + l] = e;
-            lane[l] += e;
-        }
-    float z = 0.0f;
-    for (; j < n; j++) {
-        p[j] = vexpf(p[j] - shift);
-        z += p[j];
-    }
-    for (int l = 0; l < 16; l++)
-        z += lane[l];
-    return z;
-}
-
-/* softmax of each of the n rows of p (n x n), in place */
-CPU_SIMD_CLONES static void softmax_rows(float *P, int n)
-{
-    for (int i = 0; i < n; i++) {
-        float *p = P + (size_t)i * n;
-        float z = exp_shifted_sum(p, n, max_of(p, n)), inv = 1.0f / z;
-        for (int j = 0; j < n; j++)
-            p[j] *= inv;
-    }
-}
-
 /* sum of a[j] b[j] for j < n with 16 partial sums (vectorised) */
 static inline float dot16(const float *a, const float *b, int n)
 {
@@ -784,26 +734,22 @@ void attention_forward_gemm(float *out, float *probs, const float *q, const floa
 {
     // out q k v (B,C,HW), probs (B,heads,HW,HW) or NULL; per (item, head): P = softmax_rows(sc Q^T K),
     // O = V P^T, on the task's thread
+    if (!probs) {
+        attention_forward(out, q, k, v, B, C, HW, heads);
+        return;
+    }
     if (heads <= 0 || C % heads || HW <= 0 || B <= 0)
         return;
     int d = C / heads;
     float sc = 1.0f / sqrtf((float)d);
     int64_t tasks = (int64_t)B * heads;
-#pragma omp parallel if (tasks > 1 && tasks * HW * HW * d > 65536)
-    {
-        float *scratch = probs ? NULL : cpu_scratch(0, (size_t)HW * HW * sizeof(float));
-#pragma omp for schedule(dynamic)
-        for (int64_t bh = 0; bh < tasks; bh++) {
-            size_t off = (size_t)bh * d * HW;
-            float *P = probs ? probs + (size_t)bh * HW * HW : scratch;
-            if (!P) { /* no scratch: the row-at-a-time forward on this (item, head) */
-                attention_forward(out + off, q + off, k + off, v + off, 1, d, HW, 1);
-                continue;
-            }
-            cpu_sgemm(1, 0, HW, HW, d, sc, q + off, HW, k + off, HW, 0.0f, P, HW);
-            softmax_rows(P, HW);
-            cpu_sgemm(0, 1, d, HW, HW, 1.0f, v + off, HW, P, HW, 0.0f, out + off, HW);
-        }
+#pragma omp parallel for schedule(dynamic) if (tasks > 1 && tasks * HW * HW * d > 65536)
+    for (int64_t bh = 0; bh < tasks; bh++) {
+        size_t off = (size_t)bh * d * HW;
+        float *P = probs + (size_t)bh * HW * HW;
+        cpu_sgemm(1, 0, HW, HW, d, sc, q + off, HW, k + off, HW, 0.0f, P, HW);
+        softmax_rows(P, HW, HW);
+        cpu_sgemm(0, 1, d, HW, HW, 1.0f, v + off, HW, P, HW, 0.0f, out + off, HW);
     }
 }
 
@@ -836,7 +782,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
             const float *qh = q + off, *kh = k + off, *vh = v + off, *go = dout + off;
             if (!probs) {
                 cpu_sgemm(1, 0, HW, HW, d, sc, qh, HW, kh, HW, 0.0f, scratch, HW); /* scores (HW, HW) */
-                softmax_rows(scratch, HW);
+                softmax_rows(scratch, HW, HW);
             }
             if (dv)
                 cpu_sgemm(0, 0, d, HW, HW, 1.0f, go, HW, P, HW, 1.0f, dv + off, HW);

@@ -128,6 +128,9 @@ def make(outdir):
         ('attn_c4_hw1_h2', 3, 4, 1, 2, 1.0),
         # scores in the hundreds: exp overflows float32 unless the row maximum is subtracted first
         ('attn_c4_hw49_h1_huge', 1, 4, 49, 1, 60.0),
+        # more than 64 query rows: the CPU forward takes them in blocks (44, 44, 43; 4 x 49)
+        ('attn_c6_hw131_h2', 2, 6, 131, 2, 1.0),
+        ('attn_c8_hw196_h1', 1, 8, 196, 1, 3.0),
     ]
     for name, B, C, HW, heads, qs in atts:
         q, k, v = torch.randn(B, C, HW) * qs, torch.randn(B, C, HW), torch.randn(B, C, HW)
