@@ -24,23 +24,6 @@
  * and far more when another process holds a core (a spinning team waits for a descheduled thread). */
 #define CPU_PARALLEL_MIN_FLOPS (1 << 20)
 
-/* Dot product with 16 independent partial sums: the compiler vectorises it without -ffast-math
- * (a single running sum would stay scalar), and the rounding error grows more slowly. */
-static float dot(const float *a, const float *b, int64_t n)
-{
-    float lane[16] = {0};
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int l = 0; l < 16; l++)
-            lane[l] += a[i + l] * b[i + l];
-    float s = 0.0f;
-    for (; i < n; i++)
-        s += a[i] * b[i];
-    for (int l = 0; l < 16; l++)
-        s += lane[l];
-    return s;
-}
-
 /* ---- time embedding, linear, SiLU ------------------------------------------------------------- */
 
 void time_embed_forward(float *out, const float *t, int B, int C, float freq_shift, int flip)
@@ -71,7 +54,7 @@ void linear_forward(float *out, const float *inp, const float *w, const float *b
         for (int m = 0; m < M; m++) {
             const float *x = inp + (size_t)bi * K;
             const float *wr = w + (size_t)m * K;
-            out[(size_t)bi * M + m] = dot(wr, x, K) + (b ? b[m] : 0.0f);
+            out[(size_t)bi * M + m] = dot16(wr, x, K) + (b ? b[m] : 0.0f);
         }
     }
 }

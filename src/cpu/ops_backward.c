@@ -701,22 +701,6 @@ void attention_backward_naive(float *dq, float *dk, float *dv, const float *dout
     }
 }
 
-/* sum of a[j] b[j] for j < n with 16 partial sums (vectorised) */
-static inline float dot16(const float *a, const float *b, int n)
-{
-    float lane[16] = {0};
-    int j = 0;
-    for (; j + 16 <= n; j += 16)
-        for (int l = 0; l < 16; l++)
-            lane[l] += a[j + l] * b[j + l];
-    float s = 0.0f;
-    for (; j < n; j++)
-        s += a[j] * b[j];
-    for (int l = 0; l < 16; l++)
-        s += lane[l];
-    return s;
-}
-
 /* dS = P (dP - rowsum(P dP)) sc over n x n, in place of dP */
 CPU_SIMD_CLONES static void softmax_rows_backward(float *dP, const float *P, int n, float sc)
 {
