@@ -16,23 +16,6 @@
 #define CPU_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define CPU_SIMD_CLONES
-/* Dot product with 16 independent partial sums: the compiler vectorises it without -ffast-math (a single
- * running sum stays scalar), and the rounding error grows more slowly. */
-static inline float dot16(const float *a, const float *b, int64_t n)
-{
-    float lane[16] = {0};
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int l = 0; l < 16; l++)
-            lane[l] += a[i + l] * b[i + l];
-    float s = 0.0f;
-    for (; i < n; i++)
-        s += a[i] * b[i];
-    for (int l = 0; l < 16; l++)
-        s += lane[l];
-    return s;
-}
-
 #endif
 
 /* expf within 1.4 ulp, branch-free (libm's expf is a call per element, so a loop calling it stays scalar).
