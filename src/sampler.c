@@ -234,8 +234,7 @@ typedef struct cpu_backend {
     float *tvals; /* (chunk): the timestep of every item */
 } cpu_backend;
 
-/* Checks the batch options against the model and returns the elements per image. */
-static ddpm_result check_batch(const ddpm_model *m, const ddpm_sample_opts *o, int64_t *per_image)
+ddpm_result sampler_check_batch(const ddpm_model *m, const ddpm_sample_opts *o, int64_t *per_image)
 {
     const ddpm_unet_config *c = &m->config;
     if (c->in_channels != c->out_channels)
@@ -319,7 +318,7 @@ ddpm_result cpu_backend_create(const ddpm_model *m, const sampler_plan *p, const
         return ddpm_fail(DDPM_ERR_ARG, "cpu_backend_create: NULL argument");
     *out = NULL;
     int64_t per;
-    ddpm_result r = check_batch(m, o, &per);
+    ddpm_result r = sampler_check_batch(m, o, &per);
     if (r != DDPM_OK)
         return r;
     cpu_backend *cb = ddpm_calloc(1, sizeof *cb);
@@ -407,7 +406,7 @@ ddpm_result ddpm_sample(const ddpm_model *m, const ddpm_sample_opts *o, float *o
     int64_t per;
     if (!m || !o || !out)
         return ddpm_fail(DDPM_ERR_ARG, "ddpm_sample: NULL %s", !m ? "model" : !o ? "options" : "output");
-    TRY(check_batch(m, o, &per));
+    TRY(sampler_check_batch(m, o, &per));
     TRY(sampler_plan_make(&m->schedule, o, &plan));
     TRY(pick_backend(m, &plan, o, &b));
     log_msg(o, "sampling %d image%s with %s, %d steps, on %s", o->n, o->n == 1 ? "" : "s",

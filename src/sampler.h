@@ -34,6 +34,10 @@ struct backend {
     void (*destroy)(backend *b);
 };
 
+/* Checks the batch options (image count, first index, channels) against the model, for every backend, and
+ * returns the elements per image. */
+ddpm_result sampler_check_batch(const ddpm_model *m, const ddpm_sample_opts *o, int64_t *per_image);
+
 ddpm_result cpu_backend_create(const ddpm_model *m, const sampler_plan *p, const ddpm_sample_opts *o,
                                backend **out);
 

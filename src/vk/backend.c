@@ -111,18 +111,12 @@ ddpm_result vk_backend_create(const ddpm_model *m, const sampler_plan *p, const 
     *out = NULL;
     if (!m || !p || !o || p->n_steps < 1 || !p->coef || !p->timesteps)
         return ddpm_fail(DDPM_ERR_ARG, "vulkan backend: missing model or plan");
-    if (o->n < 1 || o->first_index < 0)
-        return ddpm_fail(DDPM_ERR_ARG, "vulkan backend: bad image count %d or first index %d", o->n,
-                         o->first_index);
-    const ddpm_unet_config *c = &m->config;
-    if (c->out_channels != c->in_channels)
-        return ddpm_fail(DDPM_ERR_UNSUPPORTED,
-                         "vulkan backend: %d output channels for %d input channels (learned variance is not "
-                         "supported)",
-                         c->out_channels, c->in_channels);
-    int64_t per_image = (int64_t)c->in_channels * c->sample_size * c->sample_size, total = 0, coef_n = 0;
-    if (!ddpm_mul_ok(per_image, o->n, &total) || total > (int64_t)(UINT32_MAX / 4) ||
-        (int64_t)o->first_index + o->n > (int64_t)UINT32_MAX + 1)
+    int64_t per_image = 0, coef_n = 0;
+    res = sampler_check_batch(m, o, &per_image);
+    if (res != DDPM_OK)
+        return res;
+    int64_t total = per_image * o->n;      /* <= 2^32: checked */
+    if (total > (int64_t)(UINT32_MAX / 4)) /* the state is one storage buffer */
         return ddpm_fail(DDPM_ERR_NOMEM, "vulkan backend: %d images of %lld elements are too many", o->n,
                          (long long)per_image);
     if (!ddpm_mul_ok(p->n_steps, DDPM_COEF_STRIDE, &coef_n))
