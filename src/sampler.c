@@ -376,8 +376,9 @@ static int is_cpu_spec(const char *spec)
     return *spec == '\0';
 }
 
-/* device "cpu" -> CPU; NULL -> $DDPM_DEVICE, else the default Vulkan device, and the CPU only when no
- * Vulkan device exists at all; any other spec -> that Vulkan device or an error (never a silent CPU). */
+/* device "cpu" -> CPU; NULL -> $DDPM_DEVICE, else the best Vulkan GPU, else the CPU (a CPU-type Vulkan
+ * device such as lavapipe runs the same work several times slower than the CPU backend, so it is used
+ * only when named); any other spec -> that Vulkan device or an error (never a silent CPU). */
 static ddpm_result pick_backend(const ddpm_model *m, const sampler_plan *p, const ddpm_sample_opts *o,
                                 backend **b)
 {
@@ -391,10 +392,10 @@ static ddpm_result pick_backend(const ddpm_model *m, const sampler_plan *p, cons
         return cpu_backend_create(m, p, o, b);
     if (spec)
         return vk_backend_create(m, p, o, spec, b);
-    ddpm_result r = vk_backend_create(m, p, o, NULL, b);
+    ddpm_result r = vk_backend_create(m, p, o, "gpu", b);
     if (r != DDPM_ERR_NO_DEVICE)
         return r;
-    log_msg(o, "no Vulkan device (%s); running on the CPU backend", ddpm_last_error());
+    log_msg(o, "%s; running on the CPU backend", ddpm_last_error());
     return cpu_backend_create(m, p, o, b);
 }
 

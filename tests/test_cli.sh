@@ -209,6 +209,31 @@ else
     pass "no Vulkan validation messages during devices and sampling (DDPM_VALIDATION=${DDPM_VALIDATION:-unset})"
 fi
 
+# Without --device: the best Vulkan GPU, else the CPU backend (a CPU-type Vulkan device such as lavapipe only
+# when named); --device gpu: the best GPU or an error.
+if grep '   type: ' "$tmp/devices.out" | grep -qv 'type: CPU,'; then want_default=gpu; else want_default=cpu; fi
+env -u DDPM_DEVICE "$BIN" sample --model "$MODEL" $common --seed 7 --out "$tmp/d.png" >"$tmp/default.out" \
+    2>"$tmp/default.err"
+rc=$?
+if [ "$want_default" = cpu ]; then
+    if [ "$rc" -eq 0 ] && grep -q 'no usable Vulkan GPU.*running on the CPU backend' "$tmp/default.err" &&
+        grep -q ' on cpu$' "$tmp/default.err"; then
+        pass "no GPU: the default device is the CPU backend, not lavapipe"
+    else
+        fail "no GPU: default device (exit $rc: $(show "$tmp/default.err"))"
+    fi
+    run gpu sample --model "$MODEL" $common --device gpu --out "$tmp/g.png"
+    if [ "$rc" -eq 1 ] && grep -q 'no usable Vulkan GPU' "$tmp/gpu.err" && [ ! -e "$tmp/g.png" ]; then
+        pass "no GPU: --device gpu is an error: $(show "$tmp/gpu.err")"
+    else
+        fail "no GPU: --device gpu (exit $rc: $(show "$tmp/gpu.err"))"
+    fi
+elif [ "$rc" -eq 0 ] && ! grep -q ' on cpu$' "$tmp/default.err"; then
+    pass "the default device is a Vulkan GPU: $(grep -h 'sampling' "$tmp/default.err")"
+else
+    fail "default device with a GPU present (exit $rc: $(show "$tmp/default.err"))"
+fi
+
 # Vulkan options: fp16 storage with the baseline limits, --verbose (memory, pipelines, time to first step)
 run vk16 sample --model "$MODEL" $common --device 0 --seed 7 --precision fp16 --limits baseline --verbose \
     --out "$tmp/v16.png" --save-raw "$tmp/v16.npy"

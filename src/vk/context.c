@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -424,14 +425,17 @@ static ddpm_result select_device(const vk_device_info *infos, uint32_t n, const 
 {
     char list[1024];
     device_list(infos, n, list, sizeof list);
-    if (!spec || !*spec) {
+    int gpu_only = spec && strcasecmp(spec, "gpu") == 0;
+    if (!spec || !*spec || gpu_only) {
         int best = -1;
         for (uint32_t i = 0; i < n; i++)
             if (!infos[i].unusable &&
+                !(gpu_only && infos[i].props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU) &&
                 (best < 0 || type_rank(infos[i].props.deviceType) > type_rank(infos[best].props.deviceType)))
                 best = (int)i;
         if (best < 0)
-            return ddpm_fail(DDPM_ERR_NO_DEVICE, "no usable Vulkan device; devices: %s", list);
+            return ddpm_fail(DDPM_ERR_NO_DEVICE, "no usable Vulkan %s; devices: %s",
+                             gpu_only ? "GPU" : "device", list);
         *out = (uint32_t)best;
         return DDPM_OK;
     }

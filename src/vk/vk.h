@@ -13,7 +13,8 @@ ddpm_result vk_print_devices(FILE *out);
 
 /* Creates the Vulkan sampling backend on the device named by spec: a decimal index, or a
  * case-insensitive substring of the device name (ambiguous or unmatched: DDPM_ERR_NO_DEVICE, with the
- * list of names in the message); NULL picks discrete > integrated > virtual > cpu-type device.
+ * list of names in the message); NULL picks discrete > integrated > virtual > cpu-type device, "gpu" the
+ * same without cpu-type devices (lavapipe, SwiftShader: DDPM_ERR_NO_DEVICE when only those exist).
  * The validation layer and a message-counting debug messenger are on when $DDPM_VALIDATION is set
  * (then a missing layer is an error). */
 ddpm_result vk_backend_create(const ddpm_model *m, const sampler_plan *p, const ddpm_sample_opts *o,
