@@ -138,7 +138,8 @@ A rerun reproduces the run bit for bit only with the same trainer build and thre
 hold everything else (weights, EMA, AdamW moments, step; data order, noise and timesteps follow from the seed
 and the step). This run switched trainer builds on the way, each time with the same numerics up to float
 rounding: a faster CPU backward at step 192; from step 3,686 on, direct AVX-512 and Winograd convolutions with
-vectorised GroupNorm and softmax (about 2x the images per CPU-second of the first build). The script runs exactly (with OMP_NUM_THREADS=2, OMP_WAIT_POLICY=passive, OPENBLAS_NUM_THREADS=1):
+vectorised GroupNorm and softmax (about 2x the images per CPU-second of the first build).
+The script runs exactly (with OMP_NUM_THREADS=2, OMP_WAIT_POLICY=passive, OPENBLAS_NUM_THREADS=1):
 
 ```sh
 {args.strip()}
